@@ -1,0 +1,1 @@
+"""Personalised product recommendations for Contoso Retail, as a Dagster code location."""

@@ -1,0 +1,1 @@
+"""Jobs, sensors and schedules that keep the lake and the recommendations fresh."""

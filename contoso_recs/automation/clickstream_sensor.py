@@ -1,0 +1,115 @@
+"""The clickstream sensor: load each hour of product views once its files have landed."""
+
+import hashlib
+import json
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+from dagster._core.storage.tags import (
+    ASSET_PARTITION_RANGE_END_TAG,
+    ASSET_PARTITION_RANGE_START_TAG,
+)
+
+from contoso_recs.automation.jobs import clickstream_job
+from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandedFile, LandingZone
+from contoso_recs.sources.clickstream import HOURLY_PARTITIONS, PARTITION_FORMAT
+
+# A first tick over months of landed files asks for a few long runs, not one run per hour.
+MAX_HOURS_PER_RUN = 24 * 7
+MAX_RUNS_PER_TICK = 4
+# Late files are looked for this far back; older hours are settled.
+CURSOR_RETENTION = timedelta(days=14)
+
+
+def hour_fingerprints(files: list[LandedFile]) -> dict[str, str]:
+    """One fingerprint per landed hour (partition key), changing whenever a file of it does."""
+    by_hour: dict[str, list[str]] = defaultdict(list)
+    for file in files:
+        parts = file.path.split("/")
+        if len(parts) < 5:
+            continue
+        try:
+            hour = datetime.strptime("/".join(parts[:4]), "%Y/%m/%d/%H")
+        except ValueError:
+            continue
+        by_hour[hour.strftime(PARTITION_FORMAT)].append(file.fingerprint)
+    return {
+        key: hashlib.sha1("\n".join(sorted(prints)).encode()).hexdigest()[:16]
+        for key, prints in by_hour.items()
+    }
+
+
+def contiguous_ranges(partition_keys: list[str]) -> list[list[str]]:
+    """Group sorted hourly partition keys into runs of consecutive hours, each bounded in size."""
+    ranges: list[list[str]] = []
+    previous = None
+    for key in sorted(partition_keys):
+        hour = datetime.strptime(key, PARTITION_FORMAT)
+        consecutive = previous is not None and (hour - previous).total_seconds() == 3600
+        if ranges and consecutive and len(ranges[-1]) < MAX_HOURS_PER_RUN:
+            ranges[-1].append(key)
+        else:
+            ranges.append([key])
+        previous = hour
+    return ranges
+
+
+def run_request_for(hours: list[str], fingerprints: dict[str, str]) -> dg.RunRequest:
+    digest = hashlib.sha1("".join(fingerprints[h] for h in hours).encode()).hexdigest()[:16]
+    run_key = f"{hours[0]}..{hours[-1]}:{digest}"
+    if len(hours) == 1:
+        return dg.RunRequest(run_key=run_key, partition_key=hours[0])
+    return dg.RunRequest(
+        run_key=run_key,
+        tags={ASSET_PARTITION_RANGE_START_TAG: hours[0], ASSET_PARTITION_RANGE_END_TAG: hours[-1]},
+    )
+
+
+@dg.sensor(
+    job=clickstream_job,
+    minimum_interval_seconds=60,
+    description="Requests a load for every hour whose clickstream files arrived or changed.",
+)
+def clickstream_sensor(
+    context: dg.SensorEvaluationContext, landing_zone: LandingZone
+) -> dg.SensorResult | dg.SkipReason:
+    """Compares each landed hour's files with the cursor and asks for runs of changed hours.
+
+    The cursor keeps the fingerprint of each recent hour already requested, so a late or
+    replaced file re-requests its hour and an unchanged landing zone requests nothing. Hours
+    older than the retention window are settled: a file landing for them is not looked at.
+    """
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    seen: dict[str, str] = cursor.get("hours", {})
+    settled_before: str = cursor.get("settled_before", "")
+    now = datetime.now(UTC)
+    available = set(HOURLY_PARTITIONS.get_partition_keys(current_time=now))
+    fingerprints = hour_fingerprints(landing_zone.list_files(CLICKSTREAM_CONTAINER))
+    changed = sorted(
+        key
+        for key, fingerprint in fingerprints.items()
+        if key in available and key >= settled_before and seen.get(key) != fingerprint
+    )
+    if not changed:
+        return dg.SkipReason(f"No new clickstream files in {len(fingerprints)} landed hours.")
+
+    ranges = contiguous_ranges(changed)[:MAX_RUNS_PER_TICK]
+    for hours in ranges:
+        seen.update({key: fingerprints[key] for key in hours})
+    requested = sum(len(hours) for hours in ranges)
+    pending = changed[requested:]
+    horizon = (now - CURSOR_RETENTION).strftime(PARTITION_FORMAT)
+    settled_before = min([horizon, *pending[:1]])
+    context.log.info(
+        f"{len(changed)} hours with new or changed files; requesting {len(ranges)} runs "
+        f"covering {requested} hours, {len(pending)} left for the next ticks"
+    )
+    next_cursor = {
+        "settled_before": max(settled_before, cursor.get("settled_before", "")),
+        "hours": {key: value for key, value in seen.items() if key >= settled_before},
+    }
+    return dg.SensorResult(
+        run_requests=[run_request_for(hours, fingerprints) for hours in ranges],
+        cursor=json.dumps(next_cursor, sort_keys=True),
+    )

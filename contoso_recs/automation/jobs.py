@@ -1,0 +1,26 @@
+"""Jobs: the lake refresh from the incremental sources, and the hourly clickstream load."""
+
+import dagster as dg
+
+from contoso_recs.lake import keys
+from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
+
+lake_refresh_job = dg.define_asset_job(
+    "lake_refresh",
+    selection=dg.AssetSelection.assets(
+        keys.PRODUCTS,
+        keys.ORDERS,
+        keys.ORDER_LINES,
+        keys.CUSTOMERS,
+        keys.PRODUCT_IMAGES,
+        keys.PRODUCT_IMAGE_FEATURES,
+    ),
+    description="Bring products, orders, customers and product images up to date in the lake.",
+)
+
+clickstream_job = dg.define_asset_job(
+    "clickstream_hourly",
+    selection=dg.AssetSelection.assets(keys.PRODUCT_VIEWS),
+    partitions_def=HOURLY_PARTITIONS,
+    description="Load the product views of one hour (or a range of hours, as one run).",
+)

@@ -1,0 +1,33 @@
+"""The code location: every stage's definitions plus the resources of the chosen environment."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import dagster as dg
+
+from contoso_recs.automation.clickstream_sensor import clickstream_sensor
+from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job
+from contoso_recs.environment import resolve_environment, resources_for
+from contoso_recs.lake.checks import lake_checks_defs
+from contoso_recs.sources.clickstream import clickstream_defs
+from contoso_recs.sources.customers import customers_defs
+from contoso_recs.sources.product_images import product_images_defs
+from contoso_recs.sources.transactions import transactions_defs
+
+
+def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
+    """The one asset graph, bound to the given implementation of each resource key."""
+    return dg.Definitions.merge(
+        transactions_defs(),
+        customers_defs(),
+        clickstream_defs(),
+        product_images_defs(),
+        lake_checks_defs(),
+        dg.Definitions(jobs=[lake_refresh_job, clickstream_job], sensors=[clickstream_sensor]),
+        dg.Definitions(resources=dict(resources)),
+    )
+
+
+@dg.definitions
+def defs() -> dg.Definitions:
+    return build_definitions(resources_for(resolve_environment()))

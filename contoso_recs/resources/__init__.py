@@ -1,0 +1,1 @@
+"""Resources, one module per system the code location talks to."""

@@ -1,0 +1,1 @@
+"""Extracts, one module per source system, each ending in conformed lake tables."""

@@ -1,0 +1,237 @@
+"""Product views from the hourly clickstream files into the lake, one hour per partition."""
+
+import io
+import json
+from datetime import datetime, timedelta
+
+import dagster as dg
+import polars as pl
+
+from contoso_recs.lake import keys
+from contoso_recs.lake.conform import (
+    QUARANTINE_SCHEMA,
+    Column,
+    Conformed,
+    Contract,
+    Rule,
+    as_float,
+    as_int,
+    as_timestamp,
+    conform,
+)
+from contoso_recs.lake.quarantine import write_quarantine
+from contoso_recs.resources.lake import Lake
+from contoso_recs.resources.landing import (
+    CLICKSTREAM_CONTAINER,
+    LandingZone,
+    clickstream_hour_prefix,
+)
+
+HOURLY_PARTITIONS = dg.HourlyPartitionsDefinition(start_date="2024-12-01-00:00")
+PARTITION_FORMAT = "%Y-%m-%d-%H:%M"
+EVENT_TIMESTAMP = "%Y-%m-%dT%H:%M:%S%.fZ"
+RAW_FIELDS = [
+    "event_id",
+    "event_type",
+    "customer_id",
+    "session_id",
+    "product_id",
+    "viewed_at",
+    "dwell_seconds",
+    "device",
+]
+RAW_SCHEMA = dict.fromkeys(RAW_FIELDS, pl.String)
+# A view may reach the landing zone late (an app that was offline), never from the future.
+CLOCK_SKEW = timedelta(minutes=5)
+OLDEST_LATE_VIEW = timedelta(days=7)
+
+
+def product_views_contract(hour: datetime, known_product_ids: pl.Series) -> Contract:
+    viewed_at = pl.col("viewed_at")
+    return Contract(
+        columns=[
+            Column("event_id", required=True),
+            Column("customer_id", as_int),
+            Column("session_id"),
+            Column("product_id", as_int, required=True),
+            Column("viewed_at", as_timestamp(EVENT_TIMESTAMP), required=True),
+            Column("dwell_seconds", as_float),
+            Column("device"),
+        ],
+        rules=[
+            Rule(
+                "missing_customer_and_session",
+                pl.col("customer_id").is_null() & pl.col("session_id").is_null(),
+            ),
+            Rule("unknown_product", ~pl.col("product_id").is_in(known_product_ids.implode())),
+            Rule(
+                "unexpected_event_type",
+                pl.col("event_type").is_not_null() & (pl.col("event_type") != "product_view"),
+            ),
+            Rule("negative_dwell_seconds", pl.col("dwell_seconds") < 0),
+            Rule(
+                "viewed_at_out_of_range",
+                (viewed_at >= hour + timedelta(hours=1) + CLOCK_SKEW)
+                | (viewed_at < hour - OLDEST_LATE_VIEW),
+            ),
+        ],
+        unique_key=["event_id"],
+    )
+
+
+def read_landed_file(path: str, content: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Parse one JSON-lines file into raw text rows and rejected lines.
+
+    The whole file is parsed at once; only a file with a malformed or truncated line is parsed
+    line by line to find which lines to reject.
+    """
+    if b"\n\n" not in content and not content.startswith(b"\n"):
+        try:
+            rows = pl.read_ndjson(io.BytesIO(content), schema=RAW_SCHEMA)
+            return _with_line_numbers(rows, path, list(range(1, rows.height + 1))), _no_rejects()
+        except pl.exceptions.PolarsError:
+            pass
+    return _read_line_by_line(path, content)
+
+
+def _read_line_by_line(path: str, content: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
+    good_lines: list[bytes] = []
+    good_numbers: list[int] = []
+    rejects: list[dict[str, str]] = []
+    for number, line in enumerate(content.split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            parsed = json.loads(line)
+        except ValueError:
+            parsed = None
+        if isinstance(parsed, dict):
+            good_lines.append(line)
+            good_numbers.append(number)
+        else:
+            text = line.decode("utf-8", errors="replace")
+            rejects.append(
+                {"source_ref": f"{path}:{number}", "reason": "malformed_json", "raw": text}
+            )
+    rows = pl.read_ndjson(io.BytesIO(b"\n".join(good_lines)), schema=RAW_SCHEMA)
+    return _with_line_numbers(rows, path, good_numbers), pl.DataFrame(
+        rejects, schema=QUARANTINE_SCHEMA
+    )
+
+
+def _with_line_numbers(rows: pl.DataFrame, path: str, numbers: list[int]) -> pl.DataFrame:
+    return rows.with_columns(_file=pl.lit(path), _line=pl.Series(numbers, dtype=pl.Int64))
+
+
+def _no_rejects() -> pl.DataFrame:
+    return pl.DataFrame(schema=QUARANTINE_SCHEMA)
+
+
+def conform_hour(
+    landing: LandingZone, hour: datetime, known_product_ids: pl.Series
+) -> tuple[Conformed, int]:
+    """Read every file of one hour and conform its product views; also returns the file count."""
+    files = landing.list_files(CLICKSTREAM_CONTAINER, clickstream_hour_prefix(hour))
+    raw_frames, rejects = [], []
+    for landed in files:
+        rows, bad = read_landed_file(
+            landed.path, landing.read_bytes(CLICKSTREAM_CONTAINER, landed.path)
+        )
+        raw_frames.append(rows)
+        rejects.append(bad)
+    raw = (
+        pl.concat(raw_frames)
+        if raw_frames
+        else _with_line_numbers(pl.DataFrame(schema=RAW_SCHEMA), "", [])
+    )
+    ref = pl.format("{}:{}", pl.col("_file"), pl.col("_line"))
+    conformed = conform(
+        raw,
+        product_views_contract(hour, known_product_ids),
+        ref,
+        quarantined_before=pl.concat(rejects) if rejects else None,
+    )
+    return conformed, len(files)
+
+
+def hours_in(window: dg.TimeWindow) -> list[datetime]:
+    hours, hour = [], window.start
+    while hour < window.end:
+        hours.append(hour)
+        hour += timedelta(hours=1)
+    return hours
+
+
+@dg.asset(
+    key=keys.PRODUCT_VIEWS,
+    deps=[keys.CLICKSTREAM_SOURCE, keys.PRODUCTS],
+    partitions_def=HOURLY_PARTITIONS,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    group_name=keys.LAKE_GROUP,
+    kinds={"delta", "polars"},
+    pool="clickstream",
+)
+def product_views(
+    context: dg.AssetExecutionContext, landing_zone: LandingZone, lake: Lake
+) -> dg.MaterializeResult:
+    """Product views in the mobile app and web shop, with dwell time, one partition per hour."""
+    known_products = (
+        lake.scan("products").select("product_id").collect().to_series()
+        if lake.exists("products")
+        else pl.Series("product_id", [], dtype=pl.Int64)
+    )
+    loaded, rejected, files, silent_hours = [], [], 0, 0
+    for hour in hours_in(context.partition_time_window):
+        conformed, file_count = conform_hour(landing_zone, hour, known_products)
+        key = hour.strftime(PARTITION_FORMAT)
+        files += file_count
+        silent_hours += file_count == 0
+        loaded.append(
+            conformed.loaded.with_columns(
+                landed_hour=pl.lit(key), landed_date=pl.lit(hour.strftime("%Y-%m-%d"))
+            )
+        )
+        rejected.append(conformed.all_quarantined.with_columns(partition_key=pl.lit(key)))
+        context.log.info(
+            f"hour {key}: {file_count} files, read {conformed.rows_read} product views, "
+            f"loaded {conformed.loaded.height}, quarantined {conformed.all_quarantined.height} "
+            f"{conformed.reason_counts() or ''}"
+        )
+
+    views, rejects = pl.concat(loaded), pl.concat(rejected)
+    first, last = context.partition_key_range.start, context.partition_key_range.end
+    write = lake.replace_where(
+        "product_views",
+        views,
+        predicate=f"landed_hour >= '{first}' AND landed_hour <= '{last}'",
+        partition_by=["landed_date"],
+    )
+    write_quarantine(lake, "product_views", rejects, (first, last))
+    total = Conformed(loaded=views, quarantined=rejects.drop("partition_key"))
+    context.log.info(
+        f"product views {first} to {last}: {files} files, read {total.rows_read}, "
+        f"loaded {views.height}, quarantined {rejects.height}; "
+        f"wrote {write.uri} version {write.version}"
+    )
+    metadata = {
+        **lake.table_metadata(write),
+        **total.metadata(),
+        "dagster/row_count": dg.MetadataValue.int(views.height),
+        "files_read": dg.MetadataValue.int(files),
+        "hours_without_files": dg.MetadataValue.int(silent_hours),
+    }
+    if files == 0:
+        metadata["note"] = dg.MetadataValue.text(
+            "No clickstream files have landed for these hours; the partition is empty."
+        )
+    return dg.MaterializeResult(metadata=metadata)
+
+
+def clickstream_defs() -> dg.Definitions:
+    source = dg.AssetSpec(
+        keys.CLICKSTREAM_SOURCE,
+        description="Hourly JSON-lines files of product views from the app and web shop.",
+        group_name=keys.SOURCES_GROUP,
+        kinds={"azure", "json"},
+    )
+    return dg.Definitions(assets=[source, product_views])

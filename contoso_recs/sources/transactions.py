@@ -1,0 +1,189 @@
+"""Products, orders and order lines from the transactional database into the lake."""
+
+from datetime import UTC, datetime, timedelta
+
+import dagster as dg
+import polars as pl
+
+from contoso_recs.lake import keys
+from contoso_recs.lake.conform import (
+    Column,
+    Contract,
+    Rule,
+    as_flag,
+    as_float,
+    as_int,
+    as_text,
+    as_timestamp,
+    conform,
+)
+from contoso_recs.lake.quarantine import write_quarantine
+from contoso_recs.lake.watermark import WATERMARK, previous_watermark
+from contoso_recs.resources.lake import Lake
+from contoso_recs.resources.transactional import TransactionalSource
+
+SQL_TIMESTAMP = "%Y-%m-%d %H:%M:%S"
+EARLIEST_ORDER = datetime(2000, 1, 1, tzinfo=UTC)
+
+PRODUCTS_CONTRACT = Contract(
+    columns=[
+        Column("product_id", as_int, required=True),
+        Column("name", as_text, required=True),
+        Column("department"),
+        Column("category"),
+        Column("brand"),
+        Column("package_size"),
+        Column("price", as_float),
+        Column("introduced_at", as_timestamp(SQL_TIMESTAMP)),
+        Column("discontinued", as_flag, required=True),
+        Column("modified_at", as_timestamp(SQL_TIMESTAMP), required=True),
+    ],
+    rules=[Rule("negative_price", pl.col("price") < 0)],
+    unique_key=["product_id"],
+    latest_by="modified_at",
+)
+
+
+def orders_contract(now: datetime) -> Contract:
+    ordered_at = pl.col("ordered_at")
+    return Contract(
+        columns=[
+            Column("order_id", as_int, required=True),
+            Column("customer_id", as_int, required=True),
+            Column("store_id", as_int),
+            Column("channel"),
+            Column("ordered_at", as_timestamp(SQL_TIMESTAMP), required=True),
+            Column("modified_at", as_timestamp(SQL_TIMESTAMP), required=True),
+        ],
+        rules=[
+            Rule(
+                "ordered_at_out_of_range",
+                (ordered_at < EARLIEST_ORDER) | (ordered_at > now + timedelta(days=1)),
+            )
+        ],
+        unique_key=["order_id"],
+        latest_by="modified_at",
+    )
+
+
+def order_lines_contract(known_product_ids: pl.Series) -> Contract:
+    return Contract(
+        columns=[
+            Column("order_id", as_int, required=True),
+            Column("line_number", as_int, required=True),
+            Column("product_id", as_int, required=True),
+            Column("quantity", as_int, required=True),
+            Column("amount", as_float),
+            Column("modified_at", as_timestamp(SQL_TIMESTAMP), required=True),
+        ],
+        rules=[
+            Rule("negative_quantity", pl.col("quantity") < 0),
+            Rule("unknown_product", ~pl.col("product_id").is_in(known_product_ids.implode())),
+        ],
+        unique_key=["order_id", "line_number"],
+        latest_by="modified_at",
+    )
+
+
+def source_ref(*key_columns: str) -> pl.Expr:
+    """`<key>@<modified_at>`: one version of one source row."""
+    key = pl.concat_str([pl.col(c).fill_null("?") for c in key_columns], separator="/")
+    return pl.concat_str([key, pl.col("modified_at").fill_null("?")], separator="@")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec(
+            keys.PRODUCTS,
+            deps=[keys.TRANSACTIONS_SOURCE],
+            description="The product catalogue: one row per product, with price and status.",
+            group_name=keys.LAKE_GROUP,
+            kinds={"delta", "polars"},
+        ),
+        dg.AssetSpec(
+            keys.ORDERS,
+            deps=[keys.TRANSACTIONS_SOURCE],
+            description="Orders from every channel (store, web, app), one row per order.",
+            group_name=keys.LAKE_GROUP,
+            kinds={"delta", "polars"},
+        ),
+        dg.AssetSpec(
+            keys.ORDER_LINES,
+            deps=[keys.TRANSACTIONS_SOURCE, keys.PRODUCTS, keys.ORDERS],
+            description="Order lines: which product, how many and for how much, per order.",
+            group_name=keys.LAKE_GROUP,
+            kinds={"delta", "polars"},
+        ),
+    ],
+    pool="transactional_source",
+    can_subset=False,
+)
+def extract_transactions(
+    context: dg.AssetExecutionContext, transactional_source: TransactionalSource, lake: Lake
+):
+    """Upsert the rows changed since the last watermark into the lake's transaction tables."""
+    now = datetime.now(UTC)
+    yield _extract_table(
+        context, transactional_source, lake, keys.PRODUCTS, PRODUCTS_CONTRACT, ["product_id"]
+    )
+    yield _extract_table(
+        context, transactional_source, lake, keys.ORDERS, orders_contract(now), ["order_id"]
+    )
+    known_products = lake.scan("products").select("product_id").collect().to_series()
+    yield _extract_table(
+        context,
+        transactional_source,
+        lake,
+        keys.ORDER_LINES,
+        order_lines_contract(known_products),
+        ["order_id", "line_number"],
+    )
+
+
+def _extract_table(
+    context: dg.AssetExecutionContext,
+    source: TransactionalSource,
+    lake: Lake,
+    asset_key: dg.AssetKey,
+    contract: Contract,
+    key_columns: list[str],
+) -> dg.MaterializeResult:
+    table = keys.table_name(asset_key)
+    watermark = previous_watermark(context, asset_key) if lake.exists(table) else None
+    raw = source.read_changed_rows(table, contract.raw_columns, watermark)
+    conformed = conform(raw, contract, source_ref(*key_columns))
+
+    write = lake.upsert(table, conformed.loaded, contract.unique_key, newer_when="modified_at")
+    write_quarantine(lake, table, conformed.all_quarantined)
+    watermark_after = latest_modification(raw) or watermark
+    context.log.info(
+        f"{table}: read {conformed.rows_read} rows changed since {watermark or 'the beginning'}, "
+        f"loaded {conformed.loaded.height}, quarantined {conformed.all_quarantined.height} "
+        f"{conformed.reason_counts() or ''}; watermark now {watermark_after}; "
+        f"wrote {write.uri} version {write.version}"
+    )
+    return dg.MaterializeResult(
+        asset_key=asset_key,
+        metadata={
+            **lake.table_metadata(write),
+            **conformed.metadata(),
+            "watermark_before": dg.MetadataValue.text(watermark or ""),
+            WATERMARK: dg.MetadataValue.text(watermark_after or ""),
+        },
+    )
+
+
+def latest_modification(raw: pl.DataFrame) -> str | None:
+    """The latest valid `modified_at` read, in the source's own text format."""
+    latest = raw.select(as_timestamp(SQL_TIMESTAMP)(pl.col("modified_at")).max()).item()
+    return latest.strftime(SQL_TIMESTAMP) if latest is not None else None
+
+
+def transactions_defs() -> dg.Definitions:
+    source = dg.AssetSpec(
+        keys.TRANSACTIONS_SOURCE,
+        description="Orders, order lines and the product catalogue in the transactional database.",
+        group_name=keys.SOURCES_GROUP,
+        kinds={"azure_sql"},
+    )
+    return dg.Definitions(assets=[source, extract_transactions])
