@@ -1,5 +1,7 @@
 """Products, orders and order lines: typed, quarantined with reasons, incremental, idempotent."""
 
+import contextlib
+
 import polars as pl
 
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
@@ -166,10 +168,8 @@ def test_an_interrupted_refresh_keeps_the_previous_version_and_the_next_run_reco
         return original_upsert(self, table, *args, **kwargs)
 
     monkeypatch.setattr(type(lake), "upsert", crash_on_order_lines)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         refresh_lake(data_dir, instance)
-    except KeyboardInterrupt:
-        pass
     # A writer that died mid-write also leaves a stray data file behind; readers ignore it.
     stray = data_dir / "lake" / "order_lines" / "part-00000-torn-write.parquet"
     stray.write_bytes(b"PAR1 half written")

@@ -38,7 +38,7 @@ MANIFEST_SCHEMA = {
 FEATURES_SCHEMA = {
     "product_id": pl.Int64,
     "sha256": pl.String,
-    "features": pl.Array(pl.Float32, len(FEATURE_NAMES)),
+    "features": pl.List(pl.Float32),
 }
 
 

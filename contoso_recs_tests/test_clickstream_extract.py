@@ -1,0 +1,146 @@
+"""Product views: every bad line quarantined with its reason, hours reloaded idempotently."""
+
+from datetime import datetime
+
+import polars as pl
+import pytest
+
+from contoso_recs.lake.quarantine import QUARANTINE_TABLE
+from contoso_recs.sources.clickstream import read_landed_file
+from contoso_recs_tests.conftest import load_hour, materialization, view_line
+
+HOUR = datetime(2026, 11, 20, 10)
+PARTITION = "2026-11-20-10:00"
+
+
+@pytest.fixture
+def catalogue(lake):
+    lake.upsert("products", pl.DataFrame({"product_id": [10, 11]}), ["product_id"])
+
+
+def bad_hour(sources) -> None:
+    sources.clickstream_file(
+        HOUR,
+        "part-0000.jsonl",
+        [
+            view_line("e1"),
+            view_line("e2", product_id=11, customer_id=None),
+            '{"event_id": "e3", "product_id": 10, "viewed_at": ',
+            view_line("e4", dwell_seconds="abc"),
+            view_line("e1"),
+            view_line("e5", product_id=999),
+            view_line("e6", customer_id=None, session_id=None),
+            view_line("e7", viewed_at="2026-11-20T13:00:00.000Z"),
+            view_line("e8", dwell_seconds=-1),
+            view_line("e9", product_id="ten"),
+            view_line("e10", event_type="add_to_cart"),
+            "[1, 2, 3]",
+        ],
+    )
+    sources.clickstream_file(HOUR, "part-0001.jsonl", [view_line("e11", customer_id=2)])
+
+
+def test_each_kind_of_bad_line_is_quarantined_and_counted(
+    sources, catalogue, data_dir, instance, lake
+):
+    bad_hour(sources)
+
+    result = load_hour(data_dir, instance, PARTITION)
+
+    assert result.success
+    metadata = materialization(result, "lake", "product_views")
+    assert (metadata["rows_read"], metadata["rows_loaded"], metadata["rows_quarantined"]) == (
+        13,
+        3,
+        10,
+    )
+    assert metadata["quarantined_by_reason"] == {
+        "duplicate": 1,
+        "invalid_dwell_seconds": 1,
+        "invalid_product_id": 1,
+        "malformed_json": 2,
+        "missing_customer_and_session": 1,
+        "negative_dwell_seconds": 1,
+        "unexpected_event_type": 1,
+        "unknown_product": 1,
+        "viewed_at_out_of_range": 1,
+    }
+    views = lake.read("product_views").sort("event_id")
+    assert views["event_id"].to_list() == ["e1", "e11", "e2"]
+    assert views["landed_hour"].unique().to_list() == [PARTITION]
+    quarantine = lake.read(QUARANTINE_TABLE).filter(pl.col("reason") == "malformed_json")
+    assert sorted(quarantine["source_ref"]) == [
+        "2026/11/20/10/part-0000.jsonl:12",
+        "2026/11/20/10/part-0000.jsonl:3",
+    ]
+
+
+def test_a_truncated_last_line_is_quarantined_and_the_rest_of_the_file_loaded():
+    content = (view_line("e1") + "\n" + view_line("e2")[:25]).encode()
+
+    rows, rejects = read_landed_file("2026/11/20/10/part-0000.jsonl", content)
+
+    assert rows["event_id"].to_list() == ["e1"]
+    assert rejects.select("source_ref", "reason").rows() == [
+        ("2026/11/20/10/part-0000.jsonl:2", "malformed_json")
+    ]
+
+
+def test_an_unknown_extra_field_does_not_stop_a_view_from_loading():
+    content = (view_line("e1", campaign="winter") + "\n").encode()
+
+    rows, rejects = read_landed_file("f.jsonl", content)
+
+    assert rows["event_id"].to_list() == ["e1"]
+    assert rejects.is_empty()
+
+
+def test_reloading_an_hour_gives_the_same_tables(sources, catalogue, data_dir, instance, lake):
+    bad_hour(sources)
+    load_hour(data_dir, instance, PARTITION)
+    views = lake.read("product_views").sort("event_id")
+    quarantine = lake.read(QUARANTINE_TABLE).sort("source_ref")
+
+    load_hour(data_dir, instance, PARTITION)
+
+    assert lake.read("product_views").sort("event_id").equals(views)
+    assert lake.read(QUARANTINE_TABLE).sort("source_ref").equals(quarantine)
+
+
+def test_a_late_file_for_an_hour_is_added_when_the_hour_is_reloaded(
+    sources, catalogue, data_dir, instance, lake
+):
+    sources.clickstream_file(HOUR, "part-0000.jsonl", [view_line("e1")])
+    load_hour(data_dir, instance, PARTITION)
+    sources.clickstream_file(HOUR, "part-0007.jsonl", [view_line("late-1"), view_line("late-2")])
+
+    result = load_hour(data_dir, instance, PARTITION)
+
+    assert materialization(result, "lake", "product_views")["rows_loaded"] == 3
+    assert lake.read("product_views").height == 3
+
+
+def test_other_hours_are_untouched_when_one_hour_is_reloaded(
+    sources, catalogue, data_dir, instance, lake
+):
+    sources.clickstream_file(HOUR, "part-0000.jsonl", [view_line("e1")])
+    next_hour = datetime(2026, 11, 20, 11)
+    sources.clickstream_file(
+        next_hour, "part-0000.jsonl", [view_line("e2", viewed_at="2026-11-20T11:01:00.000Z")]
+    )
+    load_hour(data_dir, instance, PARTITION)
+    load_hour(data_dir, instance, "2026-11-20-11:00")
+
+    load_hour(data_dir, instance, PARTITION)
+
+    assert sorted(lake.read("product_views")["event_id"]) == ["e1", "e2"]
+
+
+def test_an_hour_without_files_is_an_empty_partition_that_says_so(
+    catalogue, data_dir, instance, lake
+):
+    result = load_hour(data_dir, instance, PARTITION)
+
+    metadata = materialization(result, "lake", "product_views")
+    assert (metadata["rows_read"], metadata["dagster/row_count"]) == (0, 0)
+    assert "No clickstream files" in metadata["note"]

@@ -1,0 +1,143 @@
+"""Customer profiles from CRM pages and product images: loaded, quarantined, incremental."""
+
+import polars as pl
+
+from contoso_recs.lake.quarantine import QUARANTINE_TABLE
+from contoso_recs.sources.product_images import FEATURE_NAMES
+from contoso_recs_tests.conftest import materialization, refresh_lake
+
+
+def contact(customer_id, modified="2026-11-01T08:00:00Z", **fields) -> dict:
+    record = {
+        "contactid": f"c-{customer_id}",
+        "contoso_customerid": customer_id,
+        "birthdate": "1980-06-15",
+        "contoso_ageband": None,
+        "contoso_incomeband": "50-74K",
+        "contoso_householdsize": 2,
+        "address1_city": "Redmond",
+        "address1_stateorprovince": "WA",
+        "contoso_preferredcategories": "dairy;bakery",
+        "createdon": "2025-01-01T00:00:00Z",
+        "modifiedon": modified,
+    }
+    record.update(fields)
+    return record
+
+
+def test_crm_pages_are_followed_and_bad_profiles_quarantined(sources, data_dir, instance, lake):
+    sources.crm_pages(
+        [
+            [contact(1), contact(2, birthdate="1990-02-31")],
+            [
+                contact(None),
+                contact(3, contoso_ageband="25-34", birthdate=None),
+                {**contact(1, modified="2026-11-02T08:00:00Z"), "contactid": "c-1-dup"},
+            ],
+        ]
+    )
+
+    result = refresh_lake(data_dir, instance)
+
+    metadata = materialization(result, "lake", "customers")
+    assert (metadata["rows_read"], metadata["rows_loaded"], metadata["rows_quarantined"]) == (
+        5,
+        2,
+        3,
+    )
+    assert metadata["quarantined_by_reason"] == {
+        "duplicate": 1,
+        "invalid_birthdate": 1,
+        "missing_customer_id": 1,
+    }
+    customers = lake.read("customers").sort("customer_id")
+    assert customers.select("customer_id", "contact_id", "age_band").rows() == [
+        (1, "c-1-dup", "45-54"),
+        (3, "c-3", "25-34"),
+    ]
+
+
+def test_personal_data_stays_out_of_the_ui_preview(sources, data_dir, instance):
+    sources.crm_pages([[contact(1)]])
+
+    result = refresh_lake(data_dir, instance)
+
+    preview = materialization(result, "lake", "customers")["preview"]
+    assert "Redmond" not in preview
+    assert "1980" not in preview
+    assert "region" in preview
+
+
+def test_only_profiles_changed_since_the_watermark_are_read_again(
+    sources, data_dir, instance, lake
+):
+    sources.crm_pages([[contact(1), contact(2)]])
+    refresh_lake(data_dir, instance)
+    sources.crm_pages(
+        [[contact(1), contact(2, modified="2026-11-05T08:00:00Z", contoso_incomeband="75-99K")]]
+    )
+
+    result = refresh_lake(data_dir, instance)
+
+    metadata = materialization(result, "lake", "customers")
+    assert (metadata["watermark_before"], metadata["watermark"]) == (
+        "2026-11-01T08:00:00Z",
+        "2026-11-05T08:00:00Z",
+    )
+    assert (metadata["rows_read"], metadata["rows_updated"]) == (2, 1)
+    income = lake.read("customers").sort("customer_id")["income_band"].to_list()
+    assert income == ["50-74K", "75-99K"]
+
+
+def test_images_become_a_manifest_and_features_and_unreadable_ones_are_quarantined(
+    sources, data_dir, instance, lake
+):
+    sources.image("10.png", rgb=(255, 0, 0))
+    sources.image("11.png", rgb=(0, 0, 255))
+    sources.image("12.png", data=b"<html>503</html>")
+    sources.image("logo.png", rgb=(1, 2, 3))
+
+    result = refresh_lake(data_dir, instance)
+
+    manifest = materialization(result, "lake", "product_images")
+    assert (manifest["rows_read"], manifest["rows_loaded"], manifest["rows_quarantined"]) == (
+        4,
+        2,
+        2,
+    )
+    features = lake.read("product_image_features").sort("product_id")
+    red, blue = features["features"].to_list()
+    by_name = dict(zip(FEATURE_NAMES, red, strict=True))
+    assert (by_name["mean_red"], by_name["mean_blue"]) == (1.0, 0.0)
+    assert dict(zip(FEATURE_NAMES, blue, strict=True))["mean_blue"] == 1.0
+    reasons = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_images")
+    assert sorted(zip(reasons["source_ref"], reasons["reason"], strict=True)) == [
+        ("12.png", "unreadable_image"),
+        ("logo.png", "invalid_product_id"),
+    ]
+
+
+def test_unchanged_images_are_not_read_again(sources, data_dir, instance):
+    sources.image("10.png", rgb=(255, 0, 0))
+    refresh_lake(data_dir, instance)
+    sources.image("11.png", rgb=(0, 255, 0))
+
+    result = refresh_lake(data_dir, instance)
+
+    manifest = materialization(result, "lake", "product_images")
+    assert (manifest["files_landed"], manifest["rows_read"], manifest["dagster/row_count"]) == (
+        2,
+        1,
+        2,
+    )
+
+
+def test_sources_without_images_or_profiles_give_empty_tables_that_say_so(
+    data_dir, instance, lake, sources
+):
+    result = refresh_lake(data_dir, instance)
+
+    assert result.success
+    assert "no images" in materialization(result, "lake", "product_images")["note"]
+    assert lake.read("customers").height == 0
+    assert lake.read("product_image_features").height == 0
