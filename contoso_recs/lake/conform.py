@@ -121,6 +121,15 @@ class Conformed:
         counts = self.all_quarantined.group_by("reason").len().sort("reason")
         return dict(zip(counts["reason"], counts["len"], strict=True))
 
+    def summary(self) -> str:
+        """`read N, loaded L, quarantined Q (reason: n, ...)` for the run log."""
+        reasons = ", ".join(f"{reason}: {n}" for reason, n in self.reason_counts().items())
+        text = (
+            f"read {self.rows_read}, loaded {self.loaded.height}, "
+            f"quarantined {self.all_quarantined.height}"
+        )
+        return f"{text} ({reasons})" if reasons else text
+
     def metadata(self) -> dict[str, dg.MetadataValue]:
         """Row accounting for the UI: every row read is loaded or quarantined."""
         return {

@@ -63,13 +63,7 @@ class TransactionalSource(dg.ConfigurableResource):
 
 
 def _rows_as_text(rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> pl.DataFrame:
-    values = list(zip(*rows, strict=True))
-    return pl.DataFrame(
-        {
-            name: pl.Series(name, [None if v is None else str(v) for v in col], dtype=pl.String)
-            for name, col in zip(columns, values, strict=True)
-        }
-    )
+    return pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.String), orient="row", strict=False)
 
 
 class SqliteTransactionalSource(TransactionalSource):

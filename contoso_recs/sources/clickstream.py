@@ -192,11 +192,7 @@ def product_views(
             )
         )
         rejected.append(conformed.all_quarantined.with_columns(partition_key=pl.lit(key)))
-        context.log.info(
-            f"hour {key}: {file_count} files, read {conformed.rows_read} product views, "
-            f"loaded {conformed.loaded.height}, quarantined {conformed.all_quarantined.height} "
-            f"{conformed.reason_counts() or ''}"
-        )
+        context.log.info(f"hour {key}: {file_count} files, product views {conformed.summary()}")
 
     views, rejects = pl.concat(loaded), pl.concat(rejected)
     first, last = context.partition_key_range.start, context.partition_key_range.end

@@ -105,9 +105,7 @@ def customers(
     latest = raw.select(as_timestamp(CRM_TIMESTAMP)(pl.col("modifiedon")).max()).item()
     watermark_after = latest.strftime(CRM_TIMESTAMP) if latest is not None else watermark
     context.log.info(
-        f"customers: read {conformed.rows_read} CRM records changed since "
-        f"{watermark or 'the beginning'}, loaded {conformed.loaded.height}, quarantined "
-        f"{conformed.all_quarantined.height} {conformed.reason_counts() or ''}; "
+        f"CRM contacts changed since {watermark or 'the beginning'}: {conformed.summary()}; "
         f"watermark now {watermark_after}; wrote {write.uri} version {write.version}"
     )
     metadata = {

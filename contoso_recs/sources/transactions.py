@@ -157,9 +157,8 @@ def _extract_table(
     write_quarantine(lake, table, conformed.all_quarantined)
     watermark_after = latest_modification(raw) or watermark
     context.log.info(
-        f"{table}: read {conformed.rows_read} rows changed since {watermark or 'the beginning'}, "
-        f"loaded {conformed.loaded.height}, quarantined {conformed.all_quarantined.height} "
-        f"{conformed.reason_counts() or ''}; watermark now {watermark_after}; "
+        f"{table} changed since {watermark or 'the beginning'}: {conformed.summary()}; "
+        f"watermark now {watermark_after}; "
         f"wrote {write.uri} version {write.version}"
     )
     return dg.MaterializeResult(
