@@ -5,6 +5,7 @@ afterwards with its logs, metadata and checks.
 """
 
 import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,11 +18,24 @@ from dagster._core.storage.tags import (
 
 from contoso_recs.automation.clickstream_sensor import contiguous_ranges, hour_fingerprints
 from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job
-from contoso_recs.definitions import defs
+from contoso_recs.definitions import build_definitions
+from contoso_recs.demo_data import completejourney, layout, synthetic
+from contoso_recs.environment import local_resources
+from contoso_recs.lake.quarantine import QUARANTINE_TABLE
+from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandingZone
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
 
 Report = Callable[[str], None]
+LAKE_TABLES = (
+    "products",
+    "orders",
+    "order_lines",
+    "customers",
+    "product_views",
+    "product_images",
+    "product_image_features",
+)
 
 
 @dataclass(frozen=True)
@@ -42,9 +56,10 @@ def local_instance(dagster_home: Path) -> dg.DagsterInstance:
     return dg.DagsterInstance.get()
 
 
-def run_main_job(instance: dg.DagsterInstance, report: Report) -> list[StepOutcome]:
+def run_main_job(
+    definitions: dg.Definitions, instance: dg.DagsterInstance, report: Report
+) -> list[StepOutcome]:
     """Refresh the lake from every source, then load every landed hour of product views."""
-    definitions = defs()
     outcomes = []
 
     report("Refreshing the lake from the transactional database, the CRM and product images")
@@ -77,3 +92,72 @@ def run_main_job(instance: dg.DagsterInstance, report: Report) -> list[StepOutco
         if not result.success:
             break
     return outcomes
+
+
+def lake_summary(lake: Lake) -> list[str]:
+    """One line per lake table: rows, Delta version and where it is."""
+    lines = []
+    for table in LAKE_TABLES:
+        if not lake.exists(table):
+            lines.append(f"  {table:<24} (not written)")
+            continue
+        lines.append(
+            f"  {table:<24} {lake.row_count(table):>12,} rows  version {lake.version(table):<4} "
+            f"{lake.uri(table)}"
+        )
+    if lake.exists(QUARANTINE_TABLE):
+        counts = (
+            lake.read(QUARANTINE_TABLE)
+            .group_by("target_table", "reason")
+            .len()
+            .sort("target_table", "reason")
+        )
+        lines.append(f"  quarantined rows ({lake.uri(QUARANTINE_TABLE)}):")
+        lines += [f"    {t:<22} {r:<30} {n:>8,}" for t, r, n in counts.iter_rows()]
+    return lines
+
+
+def prepare_sources(data_dir: Path, dataset: str, scale: str, seed: int, report: Report) -> bool:
+    """Fill the local sources unless they already hold this dataset; True if (re)written."""
+    manifest_file = layout.manifest_path(data_dir)
+    if manifest_file.exists():
+        manifest = layout.read_manifest(data_dir)
+        same_scale = dataset == "completejourney" or (
+            manifest.get("scale") == scale and manifest.get("seed") == seed
+        )
+        if manifest.get("dataset") == dataset and same_scale:
+            report(f"Reusing the {dataset} sources already in {layout.sources_root(data_dir)}")
+            return False
+    if dataset == "completejourney":
+        report("Loading The Complete Journey into the local sources")
+        completejourney.load(data_dir)
+    else:
+        report(f"Generating the synthetic retailer at {scale} scale (seed {seed})")
+        synthetic.generate(data_dir, scale, seed)
+    return True
+
+
+def demo(data_dir: Path, dataset: str, scale: str, seed: int, report: Report) -> bool:
+    """Sources → lake on the local environment, reported step by step; True on success."""
+    dagster_home = data_dir / "dagster_home"
+    if prepare_sources(data_dir, dataset, scale, seed, report):
+        # New sources: start the lake and the watermarks afresh, so the lake mirrors them.
+        for stale in (data_dir / "lake", dagster_home):
+            shutil.rmtree(stale, ignore_errors=True)
+    instance = local_instance(dagster_home)
+    resources = local_resources(data_dir)
+    outcomes = run_main_job(build_definitions(resources), instance, report)
+
+    report("")
+    for outcome in outcomes:
+        status = "succeeded" if outcome.success else "FAILED"
+        suffix = f" [{outcome.partitions}]" if outcome.partitions else ""
+        report(f"run {outcome.run_id[:8]} {outcome.job}{suffix}: {status}")
+    report("")
+    report("Lake tables:")
+    for line in lake_summary(resources["lake"]):
+        report(line)
+    report("")
+    report(f"Dagster instance: {dagster_home}")
+    report("Open the UI on it with `make ui`, then http://127.0.0.1:3000 (Assets, Runs).")
+    return all(outcome.success for outcome in outcomes)
