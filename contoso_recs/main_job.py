@@ -27,6 +27,8 @@ from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandingZone
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
 
 Report = Callable[[str], None]
+# Run logs at INFO: what each step read, loaded, quarantined and wrote.
+RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 LAKE_TABLES = (
     "products",
     "orders",
@@ -64,7 +66,7 @@ def run_main_job(
 
     report("Refreshing the lake from the transactional database, the CRM and product images")
     result = definitions.resolve_job_def(lake_refresh_job.name).execute_in_process(
-        instance=instance, raise_on_error=False
+        instance=instance, run_config=RUN_CONFIG, raise_on_error=False
     )
     outcomes.append(StepOutcome(lake_refresh_job.name, result.run_id, result.success))
     if not result.success:
@@ -83,6 +85,7 @@ def run_main_job(
         report(f"Loading product views for {len(hour_range)} hours, {first} to {last}")
         result = job.execute_in_process(
             instance=instance,
+            run_config=RUN_CONFIG,
             tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
             raise_on_error=False,
         )
