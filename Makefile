@@ -3,12 +3,13 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET ?= synthetic
 SCALE ?= demo
 export CONTOSO_RECS_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: setup demo demo-completejourney ui test lint format bench clean
+.PHONY: setup system-deps demo demo-completejourney ui test lint format bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +18,13 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
 	touch $@
+
+## Debian packages the tests use: unixODBC and the SQLite ODBC driver (a real driver for pyodbc).
+system-deps:
+	@if ! odbcinst -q -d 2>/dev/null | grep -q '^\[SQLite3\]'; then \
+		echo "installing unixodbc and libsqliteodbc (Debian packages)"; \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq unixodbc libsqliteodbc; \
+	fi
 
 ## Generate the demo data and run the main job on the embedded (local) environment.
 demo: setup
@@ -31,7 +39,7 @@ ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-test: setup lint
+test: setup system-deps lint
 	$(PY) -m pytest
 
 lint: setup

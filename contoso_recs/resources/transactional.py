@@ -63,6 +63,8 @@ class TransactionalSource(dg.ConfigurableResource):
 
 
 def _rows_as_text(rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> pl.DataFrame:
+    if rows and not isinstance(rows[0], tuple):
+        rows = [tuple(row) for row in rows]  # pyodbc's Row objects
     return pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.String), orient="row", strict=False)
 
 
