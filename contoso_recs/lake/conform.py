@@ -17,6 +17,7 @@ QUARANTINE_SCHEMA = {
     "raw": pl.String,
 }
 REASON = "_reason"
+RAW_PREFIX = "_raw_"
 
 
 def as_text(raw: pl.Expr) -> pl.Expr:
@@ -67,6 +68,7 @@ class Column:
     parse: Parser = as_text
     required: bool = False
     source: str | None = None
+    keep: bool = True
 
     @property
     def raw_name(self) -> str:
@@ -95,8 +97,9 @@ class Contract:
         return [column.raw_name for column in self.columns]
 
     @property
-    def names(self) -> list[str]:
-        return [column.name for column in self.columns]
+    def loaded_names(self) -> list[str]:
+        """The columns written to the lake table (some are only read to check a rule)."""
+        return [column.name for column in self.columns if column.keep]
 
 
 @dataclass(frozen=True)
@@ -151,34 +154,34 @@ def conform(
     Reasons, first match wins: `missing_<column>`, `invalid_<column>` (wrong type), each rule's
     reason, then `duplicate` (a second row with the same key; the latest by `latest_by` stays).
     `quarantined_before` carries rows rejected earlier (for example malformed JSON lines).
+    Quarantined rows keep their raw text exactly as read.
     """
-    framed = raw.with_columns(
-        _source_ref=source_ref,
-        _raw=pl.struct(raw.columns).struct.json_encode(),
-        _order=pl.int_range(pl.len(), dtype=pl.Int64),
-    ).with_columns(pl.col(contract.raw_columns).str.strip_chars().replace("", None))
-    framed = framed.with_columns(_type_reasons(contract).alias(REASON))
-    typed = framed.with_columns(
-        [column.parse(pl.col(column.raw_name)).alias(column.name) for column in contract.columns]
+    originals = raw.columns
+    framed = (
+        raw.lazy()
+        .with_columns(_source_ref=source_ref, _order=pl.int_range(pl.len(), dtype=pl.Int64))
+        .rename({name: RAW_PREFIX + name for name in originals})
     )
-    for rule in contract.rules:
-        typed = typed.with_columns(
-            pl.when(pl.col(REASON).is_null() & rule.broken.fill_null(False))
-            .then(pl.lit(rule.reason))
-            .otherwise(pl.col(REASON))
-            .alias(REASON)
-        )
+    typed = framed.with_columns(
+        [
+            column.parse(_normalised(column.raw_name)).alias(column.name)
+            for column in contract.columns
+        ]
+    ).with_columns(_reasons(contract).alias(REASON))
     if contract.unique_key:
         typed = _mark_duplicates(typed, contract)
+    typed = typed.collect()
 
-    loaded = typed.filter(pl.col(REASON).is_null()).sort("_order").select(contract.names)
+    loaded = typed.filter(pl.col(REASON).is_null()).sort("_order").select(contract.loaded_names)
     quarantined = (
         typed.filter(pl.col(REASON).is_not_null())
         .sort("_order")
         .select(
             pl.col("_source_ref").alias("source_ref"),
             pl.col(REASON).alias("reason"),
-            pl.col("_raw").alias("raw"),
+            pl.struct([pl.col(RAW_PREFIX + name).alias(name) for name in originals])
+            .struct.json_encode()
+            .alias("raw"),
         )
     )
     if quarantined_before is None:
@@ -186,30 +189,37 @@ def conform(
     return Conformed(loaded=loaded, quarantined=quarantined, extra_quarantined=quarantined_before)
 
 
-def _type_reasons(contract: Contract) -> pl.Expr:
-    chain = None
+def _normalised(raw_name: str) -> pl.Expr:
+    """The raw text with surrounding blanks removed and an empty text read as missing."""
+    text = pl.col(RAW_PREFIX + raw_name).str.strip_chars()
+    return pl.when(text == "").then(None).otherwise(text)
+
+
+def _reasons(contract: Contract) -> pl.Expr:
+    """The first broken rule of each row, or null: type checks first, then business rules."""
+    checks: list[tuple[pl.Expr, str]] = []
     for column in contract.columns:
-        raw = pl.col(column.raw_name)
-        checks = []
+        raw = _normalised(column.raw_name)
         if column.required:
             checks.append((raw.is_null(), f"missing_{column.name}"))
-        checks.append((raw.is_not_null() & column.parse(raw).is_null(), f"invalid_{column.name}"))
-        for condition, reason in checks:
-            chain = (pl.when(condition) if chain is None else chain.when(condition)).then(
-                pl.lit(reason)
-            )
-    return chain.otherwise(pl.lit(None, dtype=pl.String)) if chain is not None else pl.lit(None)
+        checks.append((raw.is_not_null() & pl.col(column.name).is_null(), f"invalid_{column.name}"))
+    checks += [(rule.broken.fill_null(False), rule.reason) for rule in contract.rules]
+
+    chain = pl.when(checks[0][0]).then(pl.lit(checks[0][1]))
+    for condition, reason in checks[1:]:
+        chain = chain.when(condition).then(pl.lit(reason))
+    return chain.otherwise(pl.lit(None, dtype=pl.String))
 
 
-def _mark_duplicates(typed: pl.DataFrame, contract: Contract) -> pl.DataFrame:
+def _mark_duplicates(typed: pl.LazyFrame, contract: Contract) -> pl.LazyFrame:
     """Within each key, keep the latest row (then the first read) and mark the rest."""
     by = [contract.latest_by, "_order"] if contract.latest_by else ["_order"]
     descending = [True, False] if contract.latest_by else [False]
     valid = typed.filter(pl.col(REASON).is_null()).sort(by, descending=descending, nulls_last=True)
     valid = valid.with_columns(
-        pl.when(pl.int_range(pl.len()).over(contract.unique_key) > 0)
-        .then(pl.lit("duplicate"))
-        .otherwise(pl.col(REASON))
+        pl.when(pl.struct(contract.unique_key).is_first_distinct())
+        .then(pl.col(REASON))
+        .otherwise(pl.lit("duplicate"))
         .alias(REASON)
     )
     return pl.concat([valid, typed.filter(pl.col(REASON).is_not_null())])

@@ -1,7 +1,6 @@
 """Product views from the hourly clickstream files into the lake, one hour per partition."""
 
 import io
-import json
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -51,6 +50,7 @@ def product_views_contract(hour: datetime, known_product_ids: pl.Series) -> Cont
     return Contract(
         columns=[
             Column("event_id", required=True),
+            Column("event_type", keep=False),
             Column("customer_id", as_int),
             Column("session_id"),
             Column("product_id", as_int, required=True),
@@ -95,28 +95,49 @@ def read_landed_file(path: str, content: bytes) -> tuple[pl.DataFrame, pl.DataFr
 
 
 def _read_line_by_line(path: str, content: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
-    good_lines: list[bytes] = []
-    good_numbers: list[int] = []
-    rejects: list[dict[str, str]] = []
-    for number, line in enumerate(content.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            parsed = json.loads(line)
-        except ValueError:
-            parsed = None
-        if isinstance(parsed, dict):
-            good_lines.append(line)
-            good_numbers.append(number)
-        else:
-            text = line.decode("utf-8", errors="replace")
-            rejects.append(
-                {"source_ref": f"{path}:{number}", "reason": "malformed_json", "raw": text}
-            )
-    rows = pl.read_ndjson(io.BytesIO(b"\n".join(good_lines)), schema=RAW_SCHEMA)
-    return _with_line_numbers(rows, path, good_numbers), pl.DataFrame(
-        rejects, schema=QUARANTINE_SCHEMA
+    numbered = [
+        (number, line) for number, line in enumerate(content.split(b"\n"), start=1) if line.strip()
+    ]
+    frames, bad = _parse_isolating_bad_lines(numbered)
+    rejects = pl.DataFrame(
+        {
+            "source_ref": [f"{path}:{number}" for number, _ in bad],
+            "reason": ["malformed_json"] * len(bad),
+            "raw": [line.decode("utf-8", errors="replace") for _, line in bad],
+        },
+        schema=QUARANTINE_SCHEMA,
     )
+    if not frames:
+        return _with_line_numbers(pl.DataFrame(schema=RAW_SCHEMA), path, []), rejects
+    rows = pl.concat([frame for frame, _ in frames])
+    numbers = [number for _, chunk in frames for number in chunk]
+    return _with_line_numbers(rows, path, numbers), rejects
+
+
+def _parse_isolating_bad_lines(
+    numbered: list[tuple[int, bytes]],
+) -> tuple[list[tuple[pl.DataFrame, list[int]]], list[tuple[int, bytes]]]:
+    """Parse lines in halves until every unparseable line stands alone.
+
+    Malformed lines are rare, so this costs about two parses of the file instead of a
+    Python-level parse of every line.
+    """
+    if not numbered:
+        return [], []
+    try:
+        rows = pl.read_ndjson(
+            io.BytesIO(b"\n".join(line for _, line in numbered)), schema=RAW_SCHEMA
+        )
+        if rows.height == len(numbered):
+            return [(rows, [number for number, _ in numbered])], []
+    except pl.exceptions.PolarsError:
+        pass
+    if len(numbered) == 1:
+        return [], numbered
+    middle = len(numbered) // 2
+    left_frames, left_bad = _parse_isolating_bad_lines(numbered[:middle])
+    right_frames, right_bad = _parse_isolating_bad_lines(numbered[middle:])
+    return left_frames + right_frames, left_bad + right_bad
 
 
 def _with_line_numbers(rows: pl.DataFrame, path: str, numbers: list[int]) -> pl.DataFrame:
