@@ -95,15 +95,28 @@ def read_landed_file(path: str, content: bytes) -> tuple[pl.DataFrame, pl.DataFr
 
 
 def _read_line_by_line(path: str, content: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
-    numbered = [
-        (number, line) for number, line in enumerate(content.split(b"\n"), start=1) if line.strip()
-    ]
-    frames, bad = _parse_isolating_bad_lines(numbered)
+    text = pl.Series("line", content.decode("utf-8", errors="replace").split("\n"))
+    lines = (
+        text.to_frame()
+        .with_columns(number=pl.int_range(1, pl.len() + 1, dtype=pl.Int64))
+        .filter(pl.col("line").str.strip_chars() != "")
+    )
+    # A line cut short or mangled almost never still starts with `{` and ends with `}`: set
+    # those aside first, so the rest usually parses in one go.
+    stripped = pl.col("line").str.strip_chars()
+    shaped = stripped.str.starts_with("{") & stripped.str.ends_with("}")
+    plausible, suspicious = lines.filter(shaped), lines.filter(~shaped)
+    frames, bad = _parse_isolating_bad_lines(list(plausible.select("number", "line").iter_rows()))
+    for row in suspicious.select("number", "line").iter_rows():
+        parsed, rejected = _parse_isolating_bad_lines([row])
+        frames += parsed
+        bad += rejected
+
     rejects = pl.DataFrame(
         {
             "source_ref": [f"{path}:{number}" for number, _ in bad],
             "reason": ["malformed_json"] * len(bad),
-            "raw": [line.decode("utf-8", errors="replace") for _, line in bad],
+            "raw": [line for _, line in bad],
         },
         schema=QUARANTINE_SCHEMA,
     )
@@ -111,12 +124,12 @@ def _read_line_by_line(path: str, content: bytes) -> tuple[pl.DataFrame, pl.Data
         return _with_line_numbers(pl.DataFrame(schema=RAW_SCHEMA), path, []), rejects
     rows = pl.concat([frame for frame, _ in frames])
     numbers = [number for _, chunk in frames for number in chunk]
-    return _with_line_numbers(rows, path, numbers), rejects
+    return _with_line_numbers(rows, path, numbers).sort("_line"), rejects
 
 
 def _parse_isolating_bad_lines(
-    numbered: list[tuple[int, bytes]],
-) -> tuple[list[tuple[pl.DataFrame, list[int]]], list[tuple[int, bytes]]]:
+    numbered: list[tuple[int, str]],
+) -> tuple[list[tuple[pl.DataFrame, list[int]]], list[tuple[int, str]]]:
     """Parse lines in halves until every unparseable line stands alone.
 
     Malformed lines are rare, so this costs about two parses of the file instead of a
@@ -125,9 +138,8 @@ def _parse_isolating_bad_lines(
     if not numbered:
         return [], []
     try:
-        rows = pl.read_ndjson(
-            io.BytesIO(b"\n".join(line for _, line in numbered)), schema=RAW_SCHEMA
-        )
+        payload = "\n".join(line for _, line in numbered).encode()
+        rows = pl.read_ndjson(io.BytesIO(payload), schema=RAW_SCHEMA)
         if rows.height == len(numbered):
             return [(rows, [number for number, _ in numbered])], []
     except pl.exceptions.PolarsError:
