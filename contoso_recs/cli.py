@@ -122,6 +122,8 @@ def write_summary(manifest: dict, data_dir: Path, seconds: float) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; progress goes to stderr as log lines, the summary to stdout."""
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format=LOG_FORMAT)
+    # The instance's schema migrations are not news to the person running a command.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     parser = build_parser()
     args = parser.parse_args(argv)
     if "data_dir" in vars(args) and args.data_dir is None:

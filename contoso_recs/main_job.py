@@ -20,10 +20,11 @@ from contoso_recs.automation.clickstream_sensor import contiguous_ranges, hour_f
 from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job
 from contoso_recs.definitions import build_definitions
 from contoso_recs.demo_data import completejourney, layout, synthetic
-from contoso_recs.environment import local_resources
+from contoso_recs.environment import Environment, local_resources, resolve_environment
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandingZone
+from contoso_recs.settings import ENVIRONMENT_ENV_VAR
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
 
 Report = Callable[[str], None]
@@ -53,7 +54,7 @@ def local_instance(dagster_home: Path) -> dg.DagsterInstance:
     dagster_home.mkdir(parents=True, exist_ok=True)
     config = dagster_home / "dagster.yaml"
     if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\n")
+        config.write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dg.DagsterInstance.get()
 
@@ -75,12 +76,17 @@ def run_main_job(
     landing: LandingZone = definitions.resources["landing_zone"]
     available = set(HOURLY_PARTITIONS.get_partition_keys())
     hours = sorted(set(hour_fingerprints(landing.list_files(CLICKSTREAM_CONTAINER))) & available)
+    ranges = contiguous_ranges(hours)
     if not hours:
-        report("The clickstream landing zone holds no files: product views stay empty")
-        return outcomes
+        # Record the empty source in the lake too: the latest hour, loaded with nothing in it.
+        ranges = [[HOURLY_PARTITIONS.get_last_partition_key()]]
+        report(
+            "The clickstream landing zone holds no files: product views stay empty "
+            f"(loading the latest hour, {ranges[0][0]}, as an empty partition)"
+        )
 
     job = definitions.resolve_job_def(clickstream_job.name)
-    for hour_range in contiguous_ranges(hours):
+    for hour_range in ranges:
         first, last = hour_range[0], hour_range[-1]
         report(f"Loading product views for {len(hour_range)} hours, {first} to {last}")
         result = job.execute_in_process(
@@ -120,6 +126,25 @@ def lake_summary(lake: Lake) -> list[str]:
     return lines
 
 
+def mirrored_sources_marker(data_dir: Path) -> Path:
+    """The manifest of the sources the lake was last built from, kept beside the tables."""
+    return data_dir / "lake" / "_sources_manifest.json"
+
+
+def forget_lake_of_other_sources(data_dir: Path, dagster_home: Path, report: Report) -> None:
+    """Start the lake and the watermarks afresh when the sources were regenerated under them."""
+    lake_dir, marker = data_dir / "lake", mirrored_sources_marker(data_dir)
+    current = layout.manifest_path(data_dir).read_text()
+    if not lake_dir.exists() or (marker.exists() and marker.read_text() == current):
+        return
+    report(
+        f"The sources changed since the lake was built: removing {lake_dir} and the local "
+        f"Dagster instance {dagster_home} (runs, watermarks) so the lake mirrors the new sources"
+    )
+    for stale in (lake_dir, dagster_home):
+        shutil.rmtree(stale, ignore_errors=True)
+
+
 def prepare_sources(data_dir: Path, dataset: str, scale: str, seed: int, report: Report) -> bool:
     """Fill the local sources unless they already hold this dataset; True if (re)written."""
     manifest_file = layout.manifest_path(data_dir)
@@ -143,13 +168,20 @@ def prepare_sources(data_dir: Path, dataset: str, scale: str, seed: int, report:
 def demo(data_dir: Path, dataset: str, scale: str, seed: int, report: Report) -> bool:
     """Sources → lake on the local environment, reported step by step; True on success."""
     dagster_home = data_dir / "dagster_home"
-    if prepare_sources(data_dir, dataset, scale, seed, report):
-        # New sources: start the lake and the watermarks afresh, so the lake mirrors them.
-        for stale in (data_dir / "lake", dagster_home):
-            shutil.rmtree(stale, ignore_errors=True)
+    environment = resolve_environment()
+    if environment is not Environment.LOCAL:
+        report(
+            f"The demo runs the embedded local environment, but {ENVIRONMENT_ENV_VAR} selects "
+            f"'{environment}'. Unset it (or set it to 'local') to run the demo."
+        )
+        return False
+    prepare_sources(data_dir, dataset, scale, seed, report)
+    forget_lake_of_other_sources(data_dir, dagster_home, report)
     instance = local_instance(dagster_home)
     resources = local_resources(data_dir)
     outcomes = run_main_job(build_definitions(resources), instance, report)
+    if all(outcome.success for outcome in outcomes):
+        mirrored_sources_marker(data_dir).write_text(layout.manifest_path(data_dir).read_text())
 
     report("")
     for outcome in outcomes:

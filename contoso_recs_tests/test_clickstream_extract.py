@@ -144,3 +144,15 @@ def test_an_hour_without_files_is_an_empty_partition_that_says_so(
     metadata = materialization(result, "lake", "product_views")
     assert (metadata["rows_read"], metadata["dagster/row_count"]) == (0, 0)
     assert "No clickstream files" in metadata["note"]
+
+
+def test_a_file_still_being_uploaded_is_left_for_a_later_run(
+    sources, catalogue, data_dir, instance, lake
+):
+    sources.clickstream_file(HOUR, "part-0000.jsonl", [view_line("e1")])
+    sources.clickstream_file(HOUR, "part-0001.jsonl.tmp", [view_line("e2")])
+
+    result = load_hour(data_dir, instance, PARTITION)
+
+    assert materialization(result, "lake", "product_views")["files_read"] == 1
+    assert lake.read("product_views")["event_id"].to_list() == ["e1"]

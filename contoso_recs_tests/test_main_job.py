@@ -5,7 +5,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from contoso_recs.demo_data import layout
+from contoso_recs.demo_data import layout, synthetic
 from contoso_recs.environment import local_resources
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.main_job import demo
@@ -68,5 +68,29 @@ def test_complete_journey_fills_the_lake_and_leaves_clickstream_and_images_empty
     assert quarantined == {"order_lines": {"unknown_product": 4_836}}
     assert lake.row_count("order_lines") + 4_836 == 1_469_307
     assert lake.row_count("product_images") == 0
-    assert not lake.exists("product_views")
+    assert lake.row_count("product_views") == 0
     assert any("holds no files: product views stay empty" in m for m in messages)
+
+
+def test_sources_generated_under_an_existing_lake_start_the_lake_afresh(tmp_path):
+    demo(tmp_path, "synthetic", "tiny", 0, lambda _: None)
+    lake = local_resources(tmp_path)["lake"]
+    orders_before = lake.read("orders").sort("order_id")
+    synthetic.generate(tmp_path, "tiny", 1)
+    messages: list[str] = []
+
+    assert demo(tmp_path, "synthetic", "tiny", 1, messages.append)
+
+    assert any(m.startswith("The sources changed since the lake was built") for m in messages)
+    assert not lake.read("orders").sort("order_id").equals(orders_before)
+    assert lake.row_count("orders") + 1 == layout.read_manifest(tmp_path)["counts"]["orders"]
+
+
+def test_the_demo_refuses_to_run_outside_the_local_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("CONTOSO_RECS_ENV", "azure")
+    messages: list[str] = []
+
+    assert not demo(tmp_path, "synthetic", "tiny", 0, messages.append)
+
+    assert "CONTOSO_RECS_ENV selects 'azure'" in messages[0]
+    assert not (tmp_path / "sources").exists()

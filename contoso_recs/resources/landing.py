@@ -2,7 +2,7 @@
 
 from abc import abstractmethod
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 import dagster as dg
@@ -58,7 +58,7 @@ class LocalLandingZone(LandingZone):
                 LandedFile(
                     path=path.relative_to(base).as_posix(),
                     size=stat.st_size,
-                    modified_at=datetime.fromtimestamp(stat.st_mtime),
+                    modified_at=datetime.fromtimestamp(stat.st_mtime, tz=UTC),
                 )
             )
         return files

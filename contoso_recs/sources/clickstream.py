@@ -5,6 +5,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 import polars as pl
+from dagster import get_dagster_logger
 
 from contoso_recs.lake import keys
 from contoso_recs.lake.conform import (
@@ -39,6 +40,7 @@ RAW_FIELDS = [
     "dwell_seconds",
     "device",
 ]
+CLICKSTREAM_SUFFIX = ".jsonl"
 RAW_SCHEMA = dict.fromkeys(RAW_FIELDS, pl.String)
 # A view may reach the landing zone late (an app that was offline), never from the future.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -164,7 +166,14 @@ def conform_hour(
     landing: LandingZone, hour: datetime, known_product_ids: pl.Series
 ) -> tuple[Conformed, int]:
     """Read every file of one hour and conform its product views; also returns the file count."""
-    files = landing.list_files(CLICKSTREAM_CONTAINER, clickstream_hour_prefix(hour))
+    landed = landing.list_files(CLICKSTREAM_CONTAINER, clickstream_hour_prefix(hour))
+    files = [file for file in landed if file.path.endswith(CLICKSTREAM_SUFFIX)]
+    if len(files) < len(landed):
+        skipped = ", ".join(file.path for file in landed if file not in files)
+        get_dagster_logger().warning(
+            f"hour {clickstream_hour_prefix(hour)}: left out files not ending in "
+            f"{CLICKSTREAM_SUFFIX} (uploads in progress or stray files): {skipped}"
+        )
     raw_frames, rejects = [], []
     for landed in files:
         rows, bad = read_landed_file(

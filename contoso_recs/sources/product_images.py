@@ -33,7 +33,7 @@ MANIFEST_SCHEMA = {
     "sha256": pl.String,
     "width": pl.Int32,
     "height": pl.Int32,
-    "landed_at": pl.Datetime("us"),
+    "landed_at": pl.Datetime("us", "UTC"),
 }
 FEATURES_SCHEMA = {
     "product_id": pl.Int64,

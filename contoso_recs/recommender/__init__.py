@@ -1,0 +1,1 @@
+"""The recommender core: data, baselines, two-tower model, blend and evaluation (no Dagster)."""

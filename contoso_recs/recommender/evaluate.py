@@ -1,0 +1,220 @@
+"""Temporal-holdout evaluation of the two-tower model, the blend and every baseline.
+
+For each cutoff T: train on purchases before T, recommend from the whole catalogue, and score
+against the products each customer bought in the 7 days from T. The blend's weights are tuned on
+the week before T with a model trained before that week, so the test week is never looked at.
+
+    python -m contoso_recs.recommender.evaluate --lake ROOT --dataset completejourney \\
+        --cutoffs 2017-12-04 2017-11-13 --out reports/
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import scipy.sparse as sp
+import torch
+
+from contoso_recs.recommender import baselines, blend
+from contoso_recs.recommender.data import (
+    LakeFrames,
+    as_cutoff,
+    before,
+    catalogue,
+    customer_segments,
+    purchases,
+    read_lake,
+    temporal_split,
+)
+from contoso_recs.recommender.metrics import evaluate_task, task_targets
+from contoso_recs.recommender.ranking import (
+    ProductIndex,
+    exclusion_matrix,
+    owned_sets,
+    top_k_lists,
+)
+from contoso_recs.recommender.report import write_report
+from contoso_recs.recommender.train import TrainedModel, train
+from contoso_recs.recommender.two_tower import TwoTowerConfig
+
+log = logging.getLogger(__name__)
+
+LIST_LENGTH = 10
+TASKS = ("A", "B")
+METHODS = ("popularity", "buy_again", "item_knn", "als", "two_tower", "blend")
+
+
+@dataclass(frozen=True)
+class Holdout:
+    """Test customers of one cutoff, what they bought before it and in the week after it."""
+
+    cutoff: datetime
+    customer_ids: np.ndarray
+    index: ProductIndex
+    bought_before: dict[int, set[int]]
+    bought_in_test: dict[int, set[int]]
+    owned: sp.csr_matrix
+    segments: dict[int, str]
+    categories: np.ndarray
+
+    def targets(self, task: str) -> dict[int, set[int]]:
+        return task_targets(self.bought_in_test, self.bought_before, task)
+
+
+def holdout(frames: LakeFrames, bought: pl.DataFrame, cutoff: datetime) -> Holdout:
+    """The holdout at a cutoff; test customers are those with a purchase in the week from it."""
+    split = temporal_split(bought, cutoff)
+    products = catalogue(frames, cutoff).unique("product_id").sort("product_id")
+    index = ProductIndex.of(products["product_id"].to_numpy())
+    bought_before = owned_sets(split.train)
+    bought_in_test = owned_sets(split.test)
+    customer_ids = np.asarray(sorted(bought_in_test), dtype=np.int64)
+    segments = customer_segments(bought, customer_ids.tolist(), cutoff)
+    return Holdout(
+        cutoff=cutoff,
+        customer_ids=customer_ids,
+        index=index,
+        bought_before=bought_before,
+        bought_in_test=bought_in_test,
+        owned=exclusion_matrix(bought_before, customer_ids, index),
+        segments=dict(zip(segments["customer_id"], segments["segment"], strict=True)),
+        categories=category_codes(products),
+    )
+
+
+def category_codes(products: pl.DataFrame) -> np.ndarray:
+    """A code per product (1.. per distinct category, 0 where it has none), in product order."""
+    codes = products["category"].rank("dense").fill_null(0)
+    return codes.cast(pl.Int64).to_numpy()
+
+
+def baseline_lists(bought: pl.DataFrame, test: Holdout, task: str) -> dict[str, dict]:
+    """Top-10 lists of every baseline for one task."""
+    exclude = test.owned if task == "B" else None
+    args = (bought, test.cutoff, test.customer_ids, test.index, LIST_LENGTH)
+    lists = {
+        "popularity": baselines.popularity(*args, exclude),
+        "item_knn": baselines.item_knn(*args, exclude),
+        "als": baselines.als(*args, exclude),
+    }
+    if task == "A":
+        lists["buy_again"] = baselines.buy_again(*args)
+    return lists
+
+
+def model_pool(
+    trained: TrainedModel, frames: LakeFrames, bought: pl.DataFrame, test: Holdout
+) -> tuple[np.ndarray, blend.Candidates]:
+    """Two-tower scores over the catalogue and the blend's candidates for the test customers."""
+    profiles = before(frames.customers, test.cutoff, "created_at")
+    scores = blend.two_tower_scores(
+        trained, before(bought, test.cutoff), profiles, test.customer_ids, test.cutoff, test.index
+    )
+    pool = blend.candidates(
+        scores, bought, test.cutoff, test.customer_ids, test.index, test.categories
+    )
+    return scores, pool
+
+
+def tuned_blends(
+    frames: LakeFrames, bought: pl.DataFrame, cutoff: datetime, config: TwoTowerConfig
+) -> dict[str, blend.BlendConfig]:
+    """Blend configuration per task, tuned on the week before the cutoff."""
+    validation_cutoff = cutoff - timedelta(days=7)
+    validation = holdout(frames, bought, validation_cutoff)
+    trained = train(frames, validation_cutoff, config)
+    _, pool = model_pool(trained, frames, bought, validation)
+    return {
+        task: blend.tune(pool, validation.targets(task), allow_repeats=task == "A")[0]
+        for task in TASKS
+    }
+
+
+def evaluate_cutoff(
+    frames: LakeFrames, bought: pl.DataFrame, cutoff: datetime, config: TwoTowerConfig
+) -> dict:
+    """Metrics of every method and task at one cutoff, overall and per segment."""
+    started = time.perf_counter()
+    blends = tuned_blends(frames, bought, cutoff, config)
+    test = holdout(frames, bought, cutoff)
+    trained = train(frames, cutoff, config)
+    scores, pool = model_pool(trained, frames, bought, test)
+
+    result: dict = {"segments": {}}
+    for task in TASKS:
+        lists = baseline_lists(bought, test, task)
+        lists["two_tower"] = top_k_lists(
+            lambda rows: scores[rows],
+            test.customer_ids,
+            test.index,
+            LIST_LENGTH,
+            test.owned if task == "B" else None,
+        )
+        lists["blend"] = blend.recommend(pool, blends[task], LIST_LENGTH)
+        result[task], result["segments"][task] = {}, {}
+        for method in METHODS:
+            if method not in lists:
+                continue
+            overall, by_segment = evaluate_task(
+                lists[method],
+                test.targets(task),
+                test.bought_before,
+                test.segments,
+                len(test.index),
+            )
+            result[task][method] = overall
+            result["segments"][task][method] = by_segment
+    result["blend_config"] = {task: c.to_json() for task, c in blends.items()}
+    result["training"] = trained.metrics
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    log.info("cutoff %s evaluated in %.0f s", f"{cutoff:%Y-%m-%d}", result["seconds"])
+    return result
+
+
+def evaluate(
+    frames: LakeFrames, cutoffs: list[datetime], config: TwoTowerConfig | None = None
+) -> dict[str, dict]:
+    """{cutoff: {task: {method: {metric: value}}, ...}} for every cutoff."""
+    config = config or TwoTowerConfig()
+    bought = purchases(frames)
+    return {f"{c:%Y-%m-%d}": evaluate_cutoff(frames, bought, c, config) for c in cutoffs}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", required=True, help="lake root holding the Delta tables")
+    parser.add_argument("--dataset", required=True, help="name of the dataset in the report")
+    parser.add_argument("--cutoffs", nargs="+", required=True, help="cutoffs, YYYY-MM-DD")
+    parser.add_argument("--out", required=True, help="folder for evaluation.json/.md/.png")
+    parser.add_argument("--epochs", type=int, default=TwoTowerConfig.epochs)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)"
+    )
+    parser.add_argument(
+        "--versions", default=None, help='pinned Delta versions as JSON, e.g. {"orders": 3}'
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    frames = read_lake(args.lake, json.loads(args.versions) if args.versions else None)
+    config = replace(TwoTowerConfig(), epochs=args.epochs)
+    results = {args.dataset: evaluate(frames, [as_cutoff(c) for c in args.cutoffs], config)}
+    paths = write_report(results, Path(args.out))
+    sys.stdout.write("".join(f"{p}\n" for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,100 @@
+"""Evaluation results as JSON, a markdown report and a chart comparing every method."""
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+TASK_TITLES = {"A": "A: any product", "B": "B: products new to the customer"}
+METRICS = ("hr@5", "ndcg@5", "map@5", "recall@10", "coverage@5", "already_bought@5")
+CHART_METRICS = ("hr@5", "ndcg@5")
+
+
+def write_report(results: dict, out_dir: Path) -> list[Path]:
+    """evaluation.json, evaluation.md and evaluation.png under `out_dir`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    json_path = out_dir / "evaluation.json"
+    json_path.write_text(json.dumps(results, indent=2, sort_keys=False))
+    chart_path = out_dir / "evaluation.png"
+    write_chart(results, chart_path)
+    md_path = out_dir / "evaluation.md"
+    md_path.write_text(markdown(results, chart_path.name))
+    log.info("evaluation report written to %s", out_dir)
+    return [json_path, md_path, chart_path]
+
+
+def markdown(results: dict, chart_name: str) -> str:
+    """Tables of every metric per dataset, cutoff and task, with the chart on top."""
+    lines = ["# Recommender evaluation", "", f"![HR@5 and NDCG@5 per method]({chart_name})", ""]
+    lines += [
+        "Temporal holdout: train on purchases before the cutoff, test on the 7 days from it, "
+        "whole-catalogue ranking. Test customers: those with a purchase in the test week "
+        "(task B: those with a product new to them). Blend weights are tuned on the week "
+        "before the cutoff.",
+        "",
+    ]
+    for dataset, cutoffs in results.items():
+        for cutoff, result in cutoffs.items():
+            lines += [f"## {dataset}, cutoff {cutoff}", ""]
+            for task in TASK_TITLES:
+                lines += _task_table(task, result.get(task, {}))
+                lines += _segment_table(result.get("segments", {}).get(task, {}))
+            lines += [f"Blend configuration: `{json.dumps(result.get('blend_config', {}))}`", ""]
+    return "\n".join(lines) + "\n"
+
+
+def write_chart(results: dict, path: Path) -> None:
+    """Bars of HR@5 and NDCG@5 per method, one panel per task and metric, cutoffs side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [(d, c, r) for d, cutoffs in results.items() for c, r in cutoffs.items()]
+    figure, axes = plt.subplots(len(TASK_TITLES), len(CHART_METRICS), figsize=(12, 7))
+    for row, task in enumerate(TASK_TITLES):
+        for col, metric in enumerate(CHART_METRICS):
+            axis = axes[row][col]
+            methods = list(runs[0][2].get(task, {})) if runs else []
+            width = 0.8 / max(len(runs), 1)
+            for i, (dataset, cutoff, result) in enumerate(runs):
+                values = [result.get(task, {}).get(m, {}).get(metric, 0.0) for m in methods]
+                offsets = [x + i * width for x in range(len(methods))]
+                axis.bar(offsets, values, width, label=f"{dataset} {cutoff}")
+            axis.set_xticks([x + width * (len(runs) - 1) / 2 for x in range(len(methods))])
+            axis.set_xticklabels(methods, rotation=20, fontsize=8)
+            axis.set_title(f"{TASK_TITLES[task]} — {metric}", fontsize=9)
+    axes[0][0].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _task_table(task: str, methods: dict) -> list[str]:
+    header = "| method | " + " | ".join(METRICS) + " | customers |"
+    rule = "|---" * (len(METRICS) + 2) + "|"
+    rows = [
+        f"| {method} | "
+        + " | ".join(f"{values.get(m, 0.0):.4f}" for m in METRICS)
+        + f" | {int(values.get('customers', 0))} |"
+        for method, values in methods.items()
+    ]
+    return [f"### Task {TASK_TITLES[task]}", "", header, rule, *rows, ""]
+
+
+def _segment_table(methods: dict) -> list[str]:
+    segments = ["new", "light", "heavy"]
+    header = "| method | " + " | ".join(f"{s} HR@5 / NDCG@5 (n)" for s in segments) + " |"
+    rule = "|---" * (len(segments) + 1) + "|"
+    rows = []
+    for method, by_segment in methods.items():
+        cells = []
+        for segment in segments:
+            values = by_segment.get(segment) or {}
+            cells.append(
+                f"{values.get('hr@5', 0.0):.3f} / {values.get('ndcg@5', 0.0):.3f} "
+                f"({int(values.get('customers', 0))})"
+            )
+        rows.append(f"| {method} | " + " | ".join(cells) + " |")
+    return ["Per segment:", "", header, rule, *rows, ""]

@@ -1,0 +1,374 @@
+"""Train the two-tower model on purchases before a cutoff and write a model bundle.
+
+Each training example is a (customer snapshot, product) pair: the customer as seen at the start
+of a week before the cutoff (history, profile, activity up to that moment) and a product they
+bought during that week, which is exactly the task the model is evaluated on.
+
+    python -m contoso_recs.recommender.train --lake ROOT --cutoff 2017-12-04 --out DIR
+"""
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, fields, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from contoso_recs.recommender.data import (
+    LakeFrames,
+    as_cutoff,
+    before,
+    catalogue,
+    purchases,
+    read_lake,
+)
+from contoso_recs.recommender.encoding import (
+    MAX_HOUSEHOLD,
+    CustomerInputs,
+    Vocabulary,
+    build_vocabulary,
+    encode_customers,
+    encode_products,
+    product_positions,
+)
+from contoso_recs.recommender.two_tower import TwoTower, TwoTowerConfig, in_batch_loss
+
+log = logging.getLogger(__name__)
+
+EpochCallback = Callable[[int, float, float], None]
+SCORING_BATCH = 8192
+
+
+@dataclass(frozen=True)
+class Examples:
+    """Customer snapshots and, per example, its snapshot row and bought product position."""
+
+    customers: CustomerInputs
+    snapshot: np.ndarray
+    product: np.ndarray
+
+
+@dataclass
+class TrainedModel:
+    """A trained two-tower model with everything needed to encode inputs and score."""
+
+    model: TwoTower
+    vocab: Vocabulary
+    config: TwoTowerConfig
+    metrics: dict
+
+    def product_vectors(self) -> np.ndarray:
+        """Unit vectors of every vocabulary product, row i for position i (row 0: unknown)."""
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        positions = torch.arange(len(self.vocab.product_ids) + 1, device=device)
+        with torch.no_grad():
+            parts = [self.model.product_vectors(p) for p in positions.split(SCORING_BATCH)]
+        return torch.cat(parts).cpu().numpy()
+
+    def customer_vectors(
+        self, bought: pl.DataFrame, profiles: pl.DataFrame, customer_ids: np.ndarray, at: datetime
+    ) -> np.ndarray:
+        """Unit vectors of customers (sorted ids) as of `at`, from purchases before it."""
+        inputs = encode_customers(
+            self.vocab,
+            bought,
+            profiles,
+            customer_ids,
+            at,
+            self.config.history_len,
+            self.config.half_life_days,
+        )
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        rows = torch.arange(len(customer_ids))
+        with torch.no_grad():
+            parts = [
+                self.model.customer_vectors(_snapshot_batch(inputs, r, device))
+                for r in rows.split(SCORING_BATCH)
+            ]
+        return torch.cat(parts).cpu().numpy()
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write state dict, vocabularies, config and metrics under `out_dir`."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        torch.save(self.model.state_dict(), out / "model.pt")
+        (out / "vocabulary.json").write_text(json.dumps(self.vocab.to_json()))
+        (out / "config.json").write_text(json.dumps(self.config.to_json(), indent=2))
+        (out / "metrics.json").write_text(json.dumps(self.metrics, indent=2))
+        log.info("model bundle written to %s", out)
+        return out
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, device: str | None = None) -> "TrainedModel":
+        """A model bundle written by `save`, on `device` (default: CUDA when available)."""
+        bundle = Path(bundle_dir)
+        vocab = Vocabulary.from_json(json.loads((bundle / "vocabulary.json").read_text()))
+        config = TwoTowerConfig(**json.loads((bundle / "config.json").read_text()))
+        state = torch.load(bundle / "model.pt", map_location="cpu", weights_only=True)
+        model = TwoTower.from_state(config, vocab_sizes(vocab), state)
+        model.to(device or default_device())
+        metrics = json.loads((bundle / "metrics.json").read_text())
+        return cls(model=model, vocab=vocab, config=config, metrics=metrics)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def vocab_sizes(vocab: Vocabulary) -> dict[str, int]:
+    return {
+        "departments": len(vocab.departments),
+        "categories": len(vocab.categories),
+        "brands": len(vocab.brands),
+        "tokens": len(vocab.tokens),
+        "age_bands": len(vocab.age_bands),
+        "income_bands": len(vocab.income_bands),
+        "household_sizes": MAX_HOUSEHOLD,
+    }
+
+
+def training_examples(
+    vocab: Vocabulary,
+    bought: pl.DataFrame,
+    profiles: pl.DataFrame,
+    cutoff: datetime,
+    config: TwoTowerConfig,
+) -> Examples:
+    """One example per customer, week and distinct product bought that week, for the
+    `config.weeks` whole weeks before the cutoff; snapshots are taken at each week's start.
+
+    A product the customer had bought before that week is kept with probability
+    `config.repeat_target_share`, so the model can be steered towards products new to them.
+    """
+    rng = np.random.default_rng(config.seed)
+    snapshots, snapshot_rows, products = [], [], []
+    offset = 0
+    for week in range(config.weeks, 0, -1):
+        start = cutoff - timedelta(days=7 * week)
+        bought_that_week = bought.filter(
+            (pl.col("at") >= start) & (pl.col("at") < start + timedelta(days=7))
+        )
+        pairs = (
+            bought_that_week.select("customer_id", "product_id")
+            .unique()
+            .sort("customer_id", "product_id")
+        )
+        earlier = before(bought, start).select("customer_id", "product_id").unique()
+        repeat = pairs.join(earlier, on=["customer_id", "product_id"], how="semi")
+        repeat = repeat.filter(pl.Series(rng.random(repeat.height) < config.repeat_target_share))
+        pairs = pl.concat(
+            [pairs.join(earlier, on=["customer_id", "product_id"], how="anti"), repeat]
+        )
+        pairs = pairs.sort("customer_id", "product_id")
+        positions = product_positions(vocab, pairs["product_id"].to_numpy())
+        pairs = pairs.filter(pl.Series(positions > 0))
+        if pairs.is_empty():
+            continue
+        customer_ids = np.unique(pairs["customer_id"].to_numpy())
+        snapshots.append(
+            encode_customers(
+                vocab,
+                before(bought, start),
+                profiles,
+                customer_ids,
+                start,
+                config.history_len,
+                config.half_life_days,
+            )
+        )
+        snapshot_rows.append(offset + np.searchsorted(customer_ids, pairs["customer_id"]))
+        products.append(product_positions(vocab, pairs["product_id"].to_numpy()))
+        offset += len(customer_ids)
+    if not snapshots:
+        raise ValueError(f"no purchases in the {config.weeks} weeks before {cutoff:%Y-%m-%d}")
+    customers = CustomerInputs(
+        *[np.concatenate([getattr(s, f.name) for s in snapshots]) for f in fields(CustomerInputs)]
+    )
+    return Examples(customers, np.concatenate(snapshot_rows), np.concatenate(products))
+
+
+def train(
+    frames: LakeFrames,
+    cutoff: datetime,
+    config: TwoTowerConfig | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> TrainedModel:
+    """Train on everything before the cutoff; `on_epoch(epoch, loss, examples_per_second)`."""
+    config = config or TwoTowerConfig()
+    torch.manual_seed(config.seed)
+    np.random.seed(config.seed)
+    device = torch.device(default_device())
+
+    bought = before(purchases(frames), cutoff)
+    products = catalogue(frames, cutoff)
+    profiles = before(frames.customers, cutoff, "created_at")
+    vocab = build_vocabulary(products, profiles, config.customer_buckets)
+    product_inputs = encode_products(vocab, products, frames.product_image_features)
+    examples = training_examples(vocab, bought, profiles, cutoff, config)
+    log.info(
+        "training on %d examples from %d customer snapshots, %d products, device %s",
+        len(examples.product),
+        len(examples.customers.bucket),
+        len(vocab.product_ids),
+        device,
+    )
+
+    model = TwoTower(config, product_inputs, vocab_sizes(vocab)).to(device)
+    losses, speeds = fit(model, examples, config, device, on_epoch)
+    metrics = {
+        "cutoff": cutoff.isoformat(),
+        "examples": len(examples.product),
+        "products": len(vocab.product_ids),
+        "epoch_loss": losses,
+        "examples_per_second": speeds,
+        "device": str(device),
+    }
+    return TrainedModel(model=model, vocab=vocab, config=config, metrics=metrics)
+
+
+def fit(
+    model: TwoTower,
+    examples: Examples,
+    config: TwoTowerConfig,
+    device: torch.device,
+    on_epoch: EpochCallback | None,
+) -> tuple[list[float], list[float]]:
+    """Mini-batch training with in-batch softmax; returns the loss and speed of each epoch.
+
+    A batch is a random set of customer snapshots with all the products each bought that week,
+    so the customer tower runs once per snapshot rather than once per product.
+    """
+    snapshots = {
+        f.name: torch.as_tensor(getattr(examples.customers, f.name), device=device)
+        for f in fields(CustomerInputs)
+    }
+    product = torch.as_tensor(examples.product, device=device)
+    log_q = sampling_log_frequency(examples.product, len(model.department), device)
+    sparse_opt = torch.optim.SparseAdam(model.sparse_parameters(), lr=config.sparse_lr)
+    dense_opt = torch.optim.Adam(model.dense_parameters(), lr=config.dense_lr)
+    rng = np.random.default_rng(config.seed)
+
+    losses, speeds = [], []
+    model.train()
+    for epoch in range(1, config.epochs + 1):
+        started = time.perf_counter()
+        total, batches = 0.0, 0
+        for chosen, rows, owner in snapshot_batches(examples.snapshot, config.batch_size, rng):
+            if len(rows) < 2:
+                continue
+            chosen, rows, owner = (torch.as_tensor(a, device=device) for a in (chosen, rows, owner))
+            customers = model.customer_vectors({k: v[chosen] for k, v in snapshots.items()})
+            positions = product[rows]
+            loss = in_batch_loss(
+                customers[owner],
+                model.product_vectors(positions),
+                positions,
+                owner,
+                log_q[positions] if config.logq_correction else None,
+                config.temperature,
+            )
+            sparse_opt.zero_grad()
+            dense_opt.zero_grad()
+            loss.backward()
+            sparse_opt.step()
+            dense_opt.step()
+            total += loss.item()
+            batches += 1
+        elapsed = time.perf_counter() - started
+        losses.append(total / max(batches, 1))
+        speeds.append(len(product) / elapsed)
+        log.info("epoch %d: loss %.4f, %.0f examples/s", epoch, losses[-1], speeds[-1])
+        if on_epoch is not None:
+            on_epoch(epoch, losses[-1], speeds[-1])
+    return losses, speeds
+
+
+def snapshot_batches(snapshot: np.ndarray, batch_size: int, rng: np.random.Generator):
+    """Batches of whole snapshots in random order, each about `batch_size` examples.
+
+    Yields (snapshot rows, example rows, position of each example's snapshot in the first).
+    """
+    by_snapshot = np.argsort(snapshot, kind="stable")
+    counts = np.bincount(snapshot)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    order = rng.permutation(np.flatnonzero(counts))
+    ends = np.cumsum(counts[order])
+    cuts = np.searchsorted(ends, np.arange(batch_size, ends[-1], batch_size), side="left") + 1
+    for chosen in np.split(order, np.unique(cuts)):
+        if len(chosen) == 0:
+            continue
+        sizes = counts[chosen]
+        offsets = np.repeat(starts[chosen] - (np.cumsum(sizes) - sizes), sizes)
+        rows = by_snapshot[offsets + np.arange(sizes.sum())]
+        yield chosen, rows, np.repeat(np.arange(len(chosen)), sizes)
+
+
+def sampling_log_frequency(products: np.ndarray, n_positions: int, device) -> torch.Tensor:
+    """log of each product position's share of training examples (1 example where unseen)."""
+    counts = np.bincount(products, minlength=n_positions).astype(np.float64)
+    frequency = np.maximum(counts, 1.0) / max(len(products), 1)
+    return torch.as_tensor(np.log(frequency), dtype=torch.float32, device=device)
+
+
+def _snapshot_batch(inputs: CustomerInputs, rows: torch.Tensor, device) -> dict:
+    index = rows.numpy()
+    return {
+        f.name: torch.as_tensor(getattr(inputs, f.name)[index], device=device)
+        for f in fields(CustomerInputs)
+    }
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", required=True, help="lake root holding the Delta tables")
+    parser.add_argument("--cutoff", required=True, help="train on purchases before YYYY-MM-DD")
+    parser.add_argument("--out", required=True, help="folder for the model bundle")
+    parser.add_argument("--epochs", type=int, default=TwoTowerConfig.epochs)
+    parser.add_argument("--weeks", type=int, default=TwoTowerConfig.weeks)
+    parser.add_argument("--batch-size", type=int, default=TwoTowerConfig.batch_size)
+    parser.add_argument("--dim", type=int, default=TwoTowerConfig.dim)
+    parser.add_argument("--seed", type=int, default=TwoTowerConfig.seed)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)"
+    )
+    parser.add_argument(
+        "--versions", default=None, help='pinned Delta versions as JSON, e.g. {"orders": 3}'
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = replace(
+        TwoTowerConfig(),
+        epochs=args.epochs,
+        weeks=args.weeks,
+        batch_size=args.batch_size,
+        dim=args.dim,
+        seed=args.seed,
+    )
+    frames = read_lake(args.lake, json.loads(args.versions) if args.versions else None)
+
+    def report(epoch: int, loss: float, speed: float) -> None:
+        sys.stdout.write(f"epoch {epoch}: loss {loss:.4f}, {speed:,.0f} examples/s\n")
+        sys.stdout.flush()
+
+    trained = train(frames, as_cutoff(args.cutoff), config, on_epoch=report)
+    trained.save(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,159 @@
+"""The two-tower retrieval model: a customer tower and a product tower meeting in one space.
+
+Both towers end in L2-normalised vectors, so a recommendation score is a cosine. The product id
+table is shared: it embeds the product in the product tower and pools the purchase history in the
+customer tower. Id tables (products, hashed customers) produce sparse gradients, so an update
+touches only the rows in the batch.
+"""
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from contoso_recs.recommender.encoding import IMAGE_FEATURES, PRICE_BUCKETS, ProductInputs
+
+PRODUCT_BUFFERS = ("department", "category", "brand", "tokens", "price_bucket", "image")
+
+
+@dataclass(frozen=True)
+class TwoTowerConfig:
+    """Model shape, training and feature settings, saved with every model."""
+
+    dim: int = 64
+    id_dim: int = 64
+    attribute_dim: int = 16
+    hidden: int = 128
+    temperature: float = 0.05
+    customer_buckets: int = 1 << 15
+    history_len: int = 40
+    half_life_days: float = 28.0
+    weeks: int = 26
+    batch_size: int = 1024
+    epochs: int = 4
+    sparse_lr: float = 0.02
+    dense_lr: float = 0.003
+    logq_correction: bool = True
+    repeat_target_share: float = 1.0
+    seed: int = 7
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class TwoTower(nn.Module):
+    """Customer tower and product tower; product attributes live in buffers."""
+
+    def __init__(self, config: TwoTowerConfig, products: ProductInputs, vocab_sizes: dict):
+        super().__init__()
+        self.config = config
+        for name in PRODUCT_BUFFERS:
+            self.register_buffer(name, torch.as_tensor(getattr(products, name)))
+        n_products = products.department.shape[0]
+        a = config.attribute_dim
+
+        self.product_ids = nn.EmbeddingBag(
+            n_products, config.id_dim, mode="sum", sparse=True, padding_idx=0
+        )
+        self.customer_ids = nn.Embedding(config.customer_buckets + 1, config.id_dim, sparse=True)
+        self.departments = nn.Embedding(vocab_sizes["departments"] + 1, a)
+        self.categories = nn.Embedding(vocab_sizes["categories"] + 1, a)
+        self.brands = nn.Embedding(vocab_sizes["brands"] + 1, a)
+        self.name_tokens = nn.EmbeddingBag(vocab_sizes["tokens"] + 1, a, mode="mean", padding_idx=0)
+        self.prices = nn.Embedding(PRICE_BUCKETS + 1, a)
+        self.images = nn.Linear(IMAGE_FEATURES + 1, a)
+        self.ages = nn.Embedding(vocab_sizes["age_bands"] + 1, a)
+        self.incomes = nn.Embedding(vocab_sizes["income_bands"] + 1, a)
+        self.household_sizes = nn.Embedding(vocab_sizes["household_sizes"] + 1, a)
+
+        self.product_mlp = _mlp(config.id_dim + 6 * a, config.hidden, config.dim)
+        self.customer_mlp = _mlp(2 * config.id_dim + 3 * a + 3, config.hidden, config.dim)
+        nn.init.normal_(self.product_ids.weight, std=0.05)
+        nn.init.normal_(self.customer_ids.weight, std=0.05)
+
+    @classmethod
+    def from_state(
+        cls, config: TwoTowerConfig, vocab_sizes: dict, state: dict[str, torch.Tensor]
+    ) -> "TwoTower":
+        """A model rebuilt from a saved state dict (product attributes included)."""
+        products = ProductInputs(**{name: state[name].numpy() for name in PRODUCT_BUFFERS})
+        model = cls(config, products, vocab_sizes)
+        model.load_state_dict(state)
+        return model
+
+    def product_vectors(self, positions: torch.Tensor) -> torch.Tensor:
+        """Unit vectors of products at vocabulary positions (B,) -> (B, dim)."""
+        ids = self.product_ids(positions.unsqueeze(1))
+        parts = [
+            ids,
+            self.departments(self.department[positions]),
+            self.categories(self.category[positions]),
+            self.brands(self.brand[positions]),
+            self.name_tokens(self.tokens[positions]),
+            self.prices(self.price_bucket[positions]),
+            self.images(self.image[positions]),
+        ]
+        return F.normalize(self.product_mlp(torch.cat(parts, dim=1)), dim=1)
+
+    def customer_vectors(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Unit vectors of customer snapshots (bucket, profile, activity, history) -> (B, dim)."""
+        history = self.pooled_history(batch["history"], batch["history_weight"])
+        profile = batch["profile"]
+        parts = [
+            self.customer_ids(batch["bucket"]),
+            history,
+            self.ages(profile[:, 0]),
+            self.incomes(profile[:, 1]),
+            self.household_sizes(profile[:, 2]),
+            batch["activity"],
+        ]
+        return F.normalize(self.customer_mlp(torch.cat(parts, dim=1)), dim=1)
+
+    def pooled_history(self, history: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Weighted sum of the id embeddings of each row's history products -> (B, id_dim).
+
+        Each distinct product is looked up once per batch, so the sparse gradient has one row
+        per distinct product rather than one per history slot.
+        """
+        distinct, inverse = torch.unique(history, return_inverse=True)
+        vectors = self.product_ids(distinct.unsqueeze(1))
+        weight = weight * (history != 0)
+        return F.embedding_bag(inverse, vectors, per_sample_weights=weight, mode="sum")
+
+    def sparse_parameters(self) -> list[nn.Parameter]:
+        return [self.product_ids.weight, self.customer_ids.weight]
+
+    def dense_parameters(self) -> list[nn.Parameter]:
+        sparse = {id(p) for p in self.sparse_parameters()}
+        return [p for p in self.parameters() if id(p) not in sparse]
+
+
+def in_batch_loss(
+    customers: torch.Tensor,
+    products: torch.Tensor,
+    positions: torch.Tensor,
+    snapshots: torch.Tensor,
+    log_q: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
+    """Softmax over the batch's products, each customer's own product being the right answer.
+
+    With `log_q` (log sampling frequency of each batch product) the logits are corrected so that
+    popular products are not over-penalised for appearing often as negatives. A product that
+    appears twice in the batch, or another product the same customer snapshot bought, is not
+    counted as a negative.
+    """
+    logits = customers @ products.T / temperature
+    if log_q is not None:
+        logits = logits - log_q.unsqueeze(0)
+    same = (positions.unsqueeze(0) == positions.unsqueeze(1)) | (
+        snapshots.unsqueeze(0) == snapshots.unsqueeze(1)
+    )
+    same.fill_diagonal_(False)
+    logits = logits.masked_fill(same, float("-inf"))
+    return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
+
+
+def _mlp(inputs: int, hidden: int, outputs: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, outputs))
