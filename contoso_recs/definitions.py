@@ -6,9 +6,10 @@ from typing import Any
 import dagster as dg
 
 from contoso_recs.automation.clickstream_sensor import clickstream_sensor
-from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job
+from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job, train_and_promote_job
 from contoso_recs.environment import resolve_environment, resources_for
 from contoso_recs.lake.checks import lake_checks_defs
+from contoso_recs.model.definitions import model_defs
 from contoso_recs.sources.clickstream import clickstream_defs
 from contoso_recs.sources.customers import customers_defs
 from contoso_recs.sources.product_images import product_images_defs
@@ -23,7 +24,11 @@ def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
         clickstream_defs(),
         product_images_defs(),
         lake_checks_defs(),
-        dg.Definitions(jobs=[lake_refresh_job, clickstream_job], sensors=[clickstream_sensor]),
+        model_defs(),
+        dg.Definitions(
+            jobs=[lake_refresh_job, clickstream_job, train_and_promote_job],
+            sensors=[clickstream_sensor],
+        ),
         dg.Definitions(resources=dict(resources)),
     )
 

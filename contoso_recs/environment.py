@@ -10,6 +10,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import dagster as dg
+
 from contoso_recs.demo_data.layout import (
     clickstream_root,
     crm_root,
@@ -18,6 +20,7 @@ from contoso_recs.demo_data.layout import (
 from contoso_recs.resources.crm import LocalCrmFolder
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import LocalLandingZone
+from contoso_recs.resources.model_store import ModelStore
 from contoso_recs.resources.transactional import SqliteTransactionalSource
 from contoso_recs.settings import ENVIRONMENT_ENV_VAR, data_dir
 
@@ -55,6 +58,8 @@ def local_resources(root: Path) -> dict[str, Any]:
         "landing_zone": LocalLandingZone(root=str(clickstream_root(root).parent)),
         "crm": LocalCrmFolder(root=str(crm_root(root))),
         "lake": Lake(root_uri=str(root / "lake")),
+        "model_store": ModelStore(root=str(root / "models")),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 
 

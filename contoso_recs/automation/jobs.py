@@ -3,6 +3,7 @@
 import dagster as dg
 
 from contoso_recs.lake import keys
+from contoso_recs.model.assets import CANDIDATE, EVALUATION, PROMOTED
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
 
 lake_refresh_job = dg.define_asset_job(
@@ -23,4 +24,10 @@ clickstream_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(keys.PRODUCT_VIEWS),
     partitions_def=HOURLY_PARTITIONS,
     description="Load the product views of one hour (or a range of hours, as one run).",
+)
+
+train_and_promote_job = dg.define_asset_job(
+    "train_and_promote",
+    selection=dg.AssetSelection.assets(CANDIDATE, EVALUATION, PROMOTED),
+    description="Train a candidate, evaluate it beside the baselines, promote it through the gate.",
 )

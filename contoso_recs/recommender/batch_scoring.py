@@ -5,40 +5,44 @@ customers at a time (`iter_top_k`), as well as on a whole customer table at once
 
 How it works, for one chunk of `chunk_rows` customers on one worker thread:
 
-1. Screen in bf16. Product tiles of `TILE_PRODUCTS` rows are scored against the chunk with one
-   bf16 matmul each (`F.linear`: AVX512-BF16 `vdpbf16ps` through oneDNN, fp32 accumulation). The
-   bias subtracts a per-customer bound `t >= |q| max|p|` inside the matmul, so every screened
-   score `q.p - t` is strictly negative and is rounded to bf16 only once, close to zero where the
-   top products lie (about 4x finer than rounding `q.p` itself). Negative bf16 values order like
-   their bit patterns read as int16, reversed, so the block maxima are plain int16 minima
-   (`vpminsw`, six times faster than a bf16 max).
-2. Keep block maxima, not scores. Each tile collapses at once to the maximum of every block of
-   `BLOCK` consecutive products; those collapse again to maxima of superblocks of
-   `BLOCKS_PER_SUPERBLOCK` blocks. The top-k products lie in the top-k blocks, which lie in the
-   top-k superblocks, so the shortlist is the best `k + oversample` superblocks, then the best
-   `k + oversample` blocks inside them: `(k + oversample) * BLOCK` products per customer.
+1. Screen in bf16. Each tile of `TILE_PRODUCTS` products is scored against the chunk with one bf16
+   matmul (`torch.mm` on bf16 runs oneDNN's AVX512-BF16 `vdpbf16ps` kernels, accumulating in
+   fp32). Customers enter as `[q, -t, 0]` and products as `[p, 1, 0]`, with a per-customer bound
+   `t > |q| max|p|`, so the matmul yields `q.p - t`: strictly negative, and rounded to bf16 only
+   once, close to zero where the best products lie (rounding error about 3e-4 on a normalised
+   score instead of 1e-3 for `q.p` itself). Negative bf16 values order like their bit patterns
+   read as int16, reversed, so every maximum below is a plain int16 minimum (`vpminsw`, six times
+   faster than torch's bf16 max).
+2. Keep group maxima, not scores. While a tile is in cache it collapses to the best key of every
+   block of `BLOCK` products, and those to the best of every `FANOUT` blocks, `LEVELS` levels in
+   all. The k best products lie in the k best blocks, which lie in the k best groups of blocks,
+   and so on; so from the top level down, the best `k + oversample` groups are opened, leaving
+   `(k + oversample) * BLOCK` shortlisted products per customer.
 3. Rescore the shortlist in fp32. The shortlisted product vectors are gathered and scored exactly
-   in fp32, excluded products are dropped, and the k best are returned.
+   in fp32, excluded and padding products are dropped, and the k best are returned.
 
-Accuracy: the returned scores are exact fp32 dot products, and a product is missed only when bf16
-rounding (about 3e-4 on a score) pushes its block out of the shortlist; `oversample` buys the
-margin. Recall@5 against exact fp32 scoring is measured in the tests and the benchmark.
+Accuracy: the returned scores are exact fp32 dot products. A product is missed only when bf16
+rounding pushes its group out of a shortlist level; `oversample` buys the margin. Recall@5 against
+exact fp32 scoring is measured in the tests and in `benchmarks/batch_scoring.py`. The bound `t` is
+meant for vectors of moderate norm, such as the L2-normalised two-tower vectors.
 
-Exclusions are exact: excluded products are masked before the block maxima and again after the
-rescore, so they never appear. When fewer than k products are allowed for a customer the row is
-padded with index -1 and score -inf. Ties: among equal fp32 scores on the shortlist the lower
-product position comes first; a product tied with the k-th score may still lose its place to an
-equal one outside the shortlist.
+Exclusions are exact: excluded products are masked to -inf in the bf16 tile, before any group
+maximum, and again after the rescore, so they never appear. When fewer than k products are allowed
+for a customer, the row is padded with index -1 and score -inf. Ties: products with equal scores
+come in an unspecified order (the same on every run), and one tied with the k-th score may lose
+its place to another.
 
-Memory: besides the inputs and the (n, k) outputs, each worker holds one bf16 score tile
-(`TILE_PRODUCTS x chunk_rows`, 4 MiB by default), the int16 block maxima of its chunk
-(`m / BLOCK x chunk_rows`, 6.1 MiB at 50,000 products) and one rescore batch (about 5 MiB); the
-prepared catalogue adds 6 bytes per product and dimension. At the defaults, 2 threads and 50,000
-products the peak is about 50 MiB above inputs and outputs, whatever the number of customers.
+Memory, besides the caller's inputs and the (n, k) outputs: each worker thread keeps one bf16
+tile (`TILE_PRODUCTS x chunk_rows`, 2 MiB), the int16 group keys of its chunk (`m / BLOCK x
+chunk_rows` and smaller levels, 14 MiB at 50,000 products) and one rescore batch (5 MiB); the
+prepared catalogue takes about 6 bytes per product and dimension (20 MiB at 50,000 x 64). So at
+the defaults, 2 threads and 50,000 products, about 65 MiB whatever the number of customers; the
+benchmark measures the peak. Customer vectors that are not float32 are copied once to float32.
 
-Threads: `num_threads` worker threads (default: `torch.get_num_threads()`) each score whole
-chunks with single-threaded torch ops, so no op waits at an OpenMP barrier for a core that is
-busy elsewhere. Workers set their own OpenMP thread count to 1; the caller's is left alone.
+Threads: `num_threads` worker threads (default `torch.get_num_threads()`) each score whole chunks
+with single-threaded torch ops, so no small op waits at an OpenMP barrier and each core keeps its
+own tile in cache. Workers set their own thread-local OpenMP count to 1; the caller's setting is
+restored on the way out.
 """
 
 import math
@@ -57,7 +61,7 @@ BLOCK = 4
 FANOUT = 8
 LEVELS = 3
 SUPERBLOCK = BLOCK * FANOUT ** (LEVELS - 1)
-TILE_PRODUCTS = 4096
+TILE_PRODUCTS = 2048
 RESCORE_ROWS = 256
 DEFAULT_CHUNK_ROWS = 512
 DEFAULT_OVERSAMPLE = 4
@@ -85,7 +89,7 @@ class PreparedProducts:
     """The allowed products, padded to whole superblocks, ready for every chunk of customers."""
 
     vectors: torch.Tensor  # (m_pad, d) float32, zero rows past `count`
-    screen: torch.Tensor  # (m_pad, d + 2) bfloat16 `[p, 1, 0]`, see `_screen_queries`
+    screen: torch.Tensor  # (m_pad, even d + 1) bfloat16 `[p, 1, 0]`, see `_screen_queries`
     positions: torch.Tensor  # (m_pad,) int64: original product position, -1 for padding
     compact: np.ndarray  # (m_total,) int64: original position -> row in `vectors`, or -1
     count: int  # allowed products
@@ -122,6 +126,7 @@ def prepare_products(
 ) -> PreparedProducts:
     """Drop products excluded for everyone and lay the rest out for scoring."""
     vectors = _float32_matrix(product_vectors, "product_vectors")
+    _check_finite(torch.from_numpy(vectors), "product_vectors")
     total = vectors.shape[0]
     allowed = np.arange(total) if exclude_for_all is None else _allowed(exclude_for_all, total)
     kept = vectors[allowed]
@@ -133,7 +138,9 @@ def prepare_products(
     compact = np.full(total, -1, dtype=np.int64)
     compact[allowed] = np.arange(len(allowed))
     max_norm = float(np.linalg.norm(kept, axis=1).max()) if len(allowed) else 0.0
-    screen = torch.cat([table, torch.ones(padded, 1), torch.zeros(padded, 1)], dim=1).bfloat16()
+    extra = torch.zeros(padded, _screen_width(vectors.shape[1]) - vectors.shape[1])
+    extra[:, 0] = 1.0
+    screen = torch.cat([table, extra], dim=1).bfloat16()
     return PreparedProducts(table, screen, positions, compact, len(allowed), max_norm)
 
 
@@ -194,8 +201,8 @@ def chunk_top_k(
     excluded: ChunkExclusions | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Top k (product positions, fp32 scores) for one chunk of customers."""
-    keys = _screen_keys(customers, products, excluded)
-    blocks = _shortlisted_blocks(keys, shortlist)
+    levels = _screen_keys(customers, products, excluded)
+    blocks = _shortlisted_blocks(levels, shortlist)
     indices, scores = [], []
     for start in range(0, customers.shape[0], RESCORE_ROWS):
         rows = slice(start, start + RESCORE_ROWS)
@@ -226,6 +233,7 @@ def _top_k_on(
     def score_chunk(start: int) -> None:
         stop = min(start + chunk_rows, n)
         chunk = torch.from_numpy(customers[start:stop])
+        _check_finite(chunk, "customer_vectors")
         excluded = _chunk_exclusions(csr, start, stop, products) if csr is not None else None
         chunk_indices, chunk_scores = chunk_top_k(chunk, products, k, shortlist, excluded)
         indices[start:stop] = chunk_indices.numpy()
@@ -238,35 +246,51 @@ def _top_k_on(
 
 def _screen_keys(
     customers: torch.Tensor, products: PreparedProducts, excluded: ChunkExclusions | None
-) -> torch.Tensor:
-    """(blocks, rows) int16 keys: the bf16 bits of each block's best `q.p - t`; lower is better.
+) -> list[torch.Tensor]:
+    """Per level, (groups, rows) int16 keys: the bf16 bits of each group's best `q.p - t`.
 
-    Every screened value is strictly negative, so the int16 order is the reverse of the score
-    order, and -inf (masked products) is the worst key.
+    Level 0 groups `BLOCK` products, each next level `FANOUT` groups of the one below. Every
+    screened value is strictly negative, so a lower key is a better score, and -inf (masked
+    products) is the worst key.
     """
     rows = customers.shape[0]
-    queries = _screen_queries(customers, products.max_norm)
-    keys = _scratch("keys", (products.padded // BLOCK, rows), torch.int16)
+    queries = _screen_queries(customers, products.max_norm).t()
     tile = _scratch("tile", (min(TILE_PRODUCTS, products.padded), rows), torch.bfloat16)
     masked = excluded.cells if excluded is not None else None
+    levels = []
+    for level in range(LEVELS - 1):
+        groups = products.padded // (BLOCK * FANOUT**level)
+        levels.append(_scratch(f"level{level}", (groups, rows), torch.int16))
     for first in range(0, products.padded, TILE_PRODUCTS):
         last = min(first + TILE_PRODUCTS, products.padded)
-        scores = torch.mm(products.screen[first:last], queries.t(), out=tile[: last - first])
+        scores = torch.mm(products.screen[first:last], queries, out=tile[: last - first])
         _mask_tile(scores, first, last, products.count, masked, rows)
-        blocks = scores.view(torch.int16).view((last - first) // BLOCK, BLOCK, rows)
-        torch.amin(blocks, dim=1, out=keys[first // BLOCK : last // BLOCK])
-    return keys
+        below, size = scores.view(torch.int16), 1
+        for level, keys in enumerate(levels):
+            fanout = BLOCK if level == 0 else FANOUT
+            size *= fanout
+            span = keys[first // size : last // size]
+            below = torch.amin(below.view(-1, fanout, rows), dim=1, out=span)
+    top = levels[-1].view(-1, FANOUT, rows).amin(dim=1)
+    return [*levels, top]
 
 
 def _screen_queries(customers: torch.Tensor, max_norm: float) -> torch.Tensor:
-    """(rows, d + 2) bf16 `[q, -t, 0]`, against products `[p, 1, 0]`: the matmul gives `q.p - t`.
+    """(rows, width) bf16 `[q, -t, 0]`, against products `[p, 1, 0]`: the matmul gives `q.p - t`.
 
     The bound `t` is subtracted inside the matmul's fp32 accumulation, before the one rounding
-    to bf16; the zero column keeps the inner dimension even for bf16 pairs.
+    to bf16; a zero column, where needed, keeps the inner dimension even for bf16 pairs.
     """
-    bound = customers.norm(dim=1, keepdim=True) * (max_norm * BOUND_MARGIN) + BOUND_FLOOR
-    padding = torch.zeros_like(bound)
-    return torch.cat([customers, -bound, padding], dim=1).bfloat16()
+    rows, dim = customers.shape
+    bound = customers.norm(dim=1) * (max_norm * BOUND_MARGIN) + BOUND_FLOOR
+    extra = torch.zeros(rows, _screen_width(dim) - dim)
+    extra[:, 0] = -bound
+    return torch.cat([customers, extra], dim=1).bfloat16()
+
+
+def _screen_width(dim: int) -> int:
+    """The vector dimension plus the bound column, rounded up to even."""
+    return _round_up(dim + 1, 2)
 
 
 def _mask_tile(
@@ -283,24 +307,19 @@ def _mask_tile(
         tile.view(-1).index_fill_(0, cells, NEG_INF)
 
 
-def _shortlisted_blocks(keys: torch.Tensor, shortlist: int) -> torch.Tensor:
+def _shortlisted_blocks(levels: list[torch.Tensor], shortlist: int) -> torch.Tensor:
     """(rows, shortlist) numbers of the blocks to rescore for each customer.
 
-    Block keys are collapsed `LEVELS - 1` times by `FANOUT`; the best groups at the top level
-    are then opened level by level, keeping the best `shortlist` groups each time.
+    The best `shortlist` groups at the top level are opened level by level, keeping the best
+    `shortlist` groups each time.
     """
-    rows = keys.shape[1]
-    levels = [keys]
-    for level in range(1, LEVELS):
-        groups = levels[-1].view(-1, FANOUT, rows)
-        out = _scratch(f"level{level}", (groups.shape[0], rows), torch.int16)
-        levels.append(torch.amin(groups, dim=1, out=out))
-    top = levels.pop().t().contiguous()
+    top = levels[-1].t().contiguous()
+    rows = top.shape[0]
     chosen = _best_columns(top, torch.arange(top.shape[1]).expand(rows, -1), shortlist)
     offsets = torch.arange(FANOUT)
-    for level in reversed(levels):
+    for keys in reversed(levels[:-1]):
         children = (chosen[:, :, None] * FANOUT + offsets).view(rows, -1)
-        chosen = _best_columns(level.t().gather(1, children), children, shortlist)
+        chosen = _best_columns(keys.t().gather(1, children), children, shortlist)
     return chosen
 
 
@@ -418,9 +437,12 @@ def _float32_matrix(values: np.ndarray, name: str) -> np.ndarray:
     matrix = np.ascontiguousarray(values, dtype=np.float32)
     if matrix.ndim != 2:
         raise ValueError(f"{name} must be a 2-d array, got shape {matrix.shape}")
-    if not np.isfinite(matrix).all():
-        raise ValueError(f"{name} holds NaN or infinite values")
     return matrix
+
+
+def _check_finite(values: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError(f"{name} holds NaN or infinite values")
 
 
 def _check_arguments(

@@ -63,6 +63,20 @@ class BlendConfig:
         return asdict(self)
 
 
+# The shipped configuration per task, tuned on validation weeks of The Complete Journey
+# (`make evaluate` tunes afresh on the week before each cutoff).
+SHIPPED_BLENDS = {
+    "A": BlendConfig(
+        allow_repeats=True,
+        repeat_weight=2.0,
+        repeat_half_life_days=42.0,
+        popularity_weight=0.1,
+        category_weight=0.1,
+    ),
+    "B": BlendConfig(allow_repeats=False, popularity_weight=0.2),
+}
+
+
 @dataclass(frozen=True)
 class Candidates:
     """Per customer (row), the catalogue positions worth scoring and their signals.

@@ -14,7 +14,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -143,8 +143,23 @@ def evaluate_cutoff(
     """Metrics of every method and task at one cutoff, overall and per segment."""
     started = time.perf_counter()
     blends = tuned_blends(frames, bought, cutoff, config)
-    test = holdout(frames, bought, cutoff)
     trained = train(frames, cutoff, config)
+    result = evaluate_trained(frames, bought, trained, cutoff, blends)
+    result["training"] = trained.metrics
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    log.info("cutoff %s evaluated in %.0f s", f"{cutoff:%Y-%m-%d}", result["seconds"])
+    return result
+
+
+def evaluate_trained(
+    frames: LakeFrames,
+    bought: pl.DataFrame,
+    trained: TrainedModel,
+    cutoff: datetime,
+    blends: dict[str, blend.BlendConfig],
+) -> dict:
+    """Metrics of a trained model, its blends and every baseline on the week from `cutoff`."""
+    test = holdout(frames, bought, cutoff)
     scores, pool = model_pool(trained, frames, bought, test)
 
     result: dict = {"segments": {}}
@@ -172,10 +187,23 @@ def evaluate_cutoff(
             result[task][method] = overall
             result["segments"][task][method] = by_segment
     result["blend_config"] = {task: c.to_json() for task, c in blends.items()}
-    result["training"] = trained.metrics
-    result["seconds"] = round(time.perf_counter() - started, 1)
-    log.info("cutoff %s evaluated in %.0f s", f"{cutoff:%Y-%m-%d}", result["seconds"])
+    result["test_customers"] = len(test.customer_ids)
     return result
+
+
+def evaluate_bundle(
+    lake_root: str,
+    bundle_dir: str | Path,
+    cutoff: str | date | datetime,
+    versions: dict[str, int] | None = None,
+    blends: dict[str, blend.BlendConfig] | None = None,
+) -> dict:
+    """Evaluate a saved model bundle on the week from `cutoff`, reading pinned lake versions."""
+    frames = read_lake(lake_root, versions)
+    trained = TrainedModel.load(bundle_dir)
+    return evaluate_trained(
+        frames, purchases(frames), trained, as_cutoff(cutoff), blends or blend.SHIPPED_BLENDS
+    )
 
 
 def evaluate(

@@ -1,0 +1,1 @@
+"""The recommender in Dagster: candidate training through Pipes, evaluation, the gate, promotion."""

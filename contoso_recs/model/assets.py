@@ -1,0 +1,188 @@
+"""Candidate training through Pipes, evaluation against baselines, the gate and promotion."""
+
+import base64
+import json
+import sys
+from datetime import date, timedelta
+from pathlib import Path
+
+import dagster as dg
+import polars as pl
+
+from contoso_recs.lake import keys
+from contoso_recs.resources.lake import Lake
+from contoso_recs.resources.model_store import ModelStore
+
+MODEL_GROUP = "model"
+CANDIDATE = dg.AssetKey(["model", "two_tower_candidate"])
+EVALUATION = dg.AssetKey(["model", "evaluation"])
+PROMOTED = dg.AssetKey(["model", "promoted_model"])
+TRAINING_TABLES = [
+    keys.PRODUCTS,
+    keys.ORDERS,
+    keys.ORDER_LINES,
+    keys.CUSTOMERS,
+    keys.PRODUCT_VIEWS,
+    keys.PRODUCT_IMAGE_FEATURES,
+]
+HOLDOUT_DAYS = 7
+
+
+class CandidateConfig(dg.Config):
+    """How the candidate is trained: on everything before the cutoff."""
+
+    cutoff: str | None = None
+    """YYYY-MM-DD; by default the last 7 days of orders are held out for the evaluation."""
+    epochs: int = 4
+    seed: int = 7
+    threads: int | None = None
+
+
+def default_cutoff(lake: Lake) -> date:
+    """The start of the holdout: 7 days before the day after the latest order."""
+    latest = lake.scan("orders").select(pl.col("ordered_at").max()).collect().item()
+    if latest is None:
+        raise ValueError("the lake has no orders yet: materialise lake/orders first")
+    return latest.date() + timedelta(days=1) - timedelta(days=HOLDOUT_DAYS)
+
+
+def lake_versions(lake: Lake) -> dict[str, int]:
+    """The Delta version of every table the model reads, so the run can be reproduced."""
+    versions = {}
+    for key in TRAINING_TABLES:
+        table = keys.table_name(key)
+        version = lake.version(table)
+        if version is not None:
+            versions[table] = version
+    return versions
+
+
+@dg.asset(
+    key=CANDIDATE,
+    deps=TRAINING_TABLES,
+    group_name=MODEL_GROUP,
+    kinds={"pytorch"},
+    pool="training",
+)
+def two_tower_candidate(
+    context: dg.AssetExecutionContext,
+    config: CandidateConfig,
+    lake: Lake,
+    model_store: ModelStore,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
+) -> dg.MaterializeResult:
+    """A newly trained two-tower model, kept as a version with the lake versions it read."""
+    cutoff = date.fromisoformat(config.cutoff) if config.cutoff else default_cutoff(lake)
+    versions = lake_versions(lake)
+    version = f"{cutoff:%Y%m%d}-{context.run_id[:8]}"
+    bundle = model_store.version_dir(version)
+    command = [
+        sys.executable,
+        "-m",
+        "contoso_recs.recommender.entrypoint",
+        "--lake",
+        lake.root_uri,
+        "--cutoff",
+        cutoff.isoformat(),
+        "--out",
+        str(bundle),
+        "--epochs",
+        str(config.epochs),
+        "--seed",
+        str(config.seed),
+        "--versions",
+        json.dumps(versions),
+    ]
+    if config.threads:
+        command += ["--threads", str(config.threads)]
+    context.log.info(f"training model {version} on orders before {cutoff}, lake {versions}")
+
+    result = pipes_subprocess_client.run(command=command, context=context).get_materialize_result()
+    reported = {name: value.value for name, value in result.metadata.items()}
+    model_store.write_card(
+        version,
+        {
+            "version": version,
+            "cutoff": cutoff.isoformat(),
+            "lake_versions": versions,
+            "training": reported,
+            "parameters": json.loads((bundle / "config.json").read_text()),
+            "run_id": context.run_id,
+        },
+    )
+    return dg.MaterializeResult(
+        metadata={
+            **result.metadata,
+            "model_version": dg.MetadataValue.text(version),
+            "cutoff": dg.MetadataValue.text(cutoff.isoformat()),
+            "lake_versions": dg.MetadataValue.json(versions),
+        }
+    )
+
+
+def candidate_version(context: dg.AssetExecutionContext) -> str:
+    event = context.instance.get_latest_materialization_event(CANDIDATE)
+    if event is None or event.asset_materialization is None:
+        raise ValueError("no candidate model has been trained yet")
+    return str(event.asset_materialization.metadata["model_version"].value)
+
+
+@dg.asset(key=EVALUATION, deps=[CANDIDATE], group_name=MODEL_GROUP, kinds={"pytorch"})
+def evaluation(
+    context: dg.AssetExecutionContext, lake: Lake, model_store: ModelStore
+) -> dg.MaterializeResult:
+    """How the candidate ranks next week's purchases beside popularity, buy again, kNN and ALS."""
+    from contoso_recs.recommender.evaluate import evaluate_bundle
+    from contoso_recs.recommender.report import write_chart
+
+    version = candidate_version(context)
+    card = model_store.card(version)
+    results = evaluate_bundle(
+        lake.root_uri,
+        model_store.version_dir(version),
+        date.fromisoformat(card["cutoff"]),
+        card["lake_versions"],
+    )
+    chart = model_store.version_dir(version) / "evaluation.png"
+    write_chart({"lake": {card["cutoff"]: results}}, chart)
+    (model_store.version_dir(version) / "evaluation.json").write_text(json.dumps(results, indent=2))
+    model_store.update_card(version, evaluation={t: results[t] for t in ("A", "B")})
+
+    metrics = {
+        f"{task}/{method}/{metric}": dg.MetadataValue.float(float(value))
+        for task in ("A", "B")
+        for method, figures in results[task].items()
+        for metric, value in figures.items()
+    }
+    context.log.info(
+        f"model {version}: blend task A hr@5 {results['A']['blend']['hr@5']:.3f}, "
+        f"task B hr@5 {results['B']['blend']['hr@5']:.3f}"
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": dg.MetadataValue.text(version),
+            "test_customers": dg.MetadataValue.int(int(results.get("test_customers", 0))),
+            "report": dg.MetadataValue.md(evaluation_markdown(results, chart)),
+            **metrics,
+        }
+    )
+
+
+def evaluation_markdown(results: dict, chart: Path) -> str:
+    lines = []
+    for task in ("A", "B"):
+        lines += [
+            f"**Task {task}**",
+            "",
+            "| method | hr@5 | ndcg@5 | coverage@5 |",
+            "|---|---|---|---|",
+        ]
+        for method, figures in results[task].items():
+            lines.append(
+                f"| {method} | {figures['hr@5']:.3f} | {figures['ndcg@5']:.3f} | "
+                f"{figures['coverage@5']:.4f} |"
+            )
+        lines.append("")
+    picture = base64.b64encode(chart.read_bytes()).decode()
+    lines.append(f"![evaluation](data:image/png;base64,{picture})")
+    return "\n".join(lines)

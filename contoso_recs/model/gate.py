@@ -1,0 +1,83 @@
+"""The promotion gate: a candidate ships only if it beats popularity and holds the line."""
+
+import dagster as dg
+
+from contoso_recs.model.assets import EVALUATION, MODEL_GROUP, PROMOTED, candidate_version
+from contoso_recs.resources.model_store import ModelStore
+
+TASKS = ("A", "B")
+GATED_METRICS = ("hr@5", "ndcg@5")
+SHIPPED_METHOD = "blend"
+# How far below the promoted model a candidate may fall on any gated metric (absolute).
+TOLERANCE = 0.01
+
+
+def gate_failures(
+    candidate: dict, promoted: dict | None, tolerance: float = TOLERANCE
+) -> list[str]:
+    """Why a candidate's evaluation may not be promoted; empty when it may.
+
+    `candidate` and `promoted` map task → method → metric → value.
+    """
+    failures = []
+    for task in TASKS:
+        shipped, popular = candidate[task][SHIPPED_METHOD], candidate[task]["popularity"]
+        for metric in GATED_METRICS:
+            if not shipped[metric] > popular[metric]:
+                failures.append(
+                    f"task {task} {metric} {shipped[metric]:.4f} does not beat popularity "
+                    f"{popular[metric]:.4f}"
+                )
+            if promoted is None:
+                continue
+            floor = promoted[task][SHIPPED_METHOD][metric] - tolerance
+            if shipped[metric] < floor:
+                failures.append(
+                    f"task {task} {metric} {shipped[metric]:.4f} is more than {tolerance} below "
+                    f"the promoted model's {promoted[task][SHIPPED_METHOD][metric]:.4f}"
+                )
+    return failures
+
+
+@dg.asset_check(
+    asset=EVALUATION,
+    name="promotion_gate",
+    blocking=True,
+    description="The candidate beats popularity on tasks A and B (HR@5, NDCG@5) and is not "
+    f"more than {TOLERANCE} below the promoted model on any of them.",
+)
+def promotion_gate(context: dg.AssetCheckExecutionContext, model_store: ModelStore):
+    version = candidate_version(context)
+    candidate = model_store.card(version)["evaluation"]
+    current = model_store.current_version()
+    promoted = model_store.card(current).get("evaluation") if current else None
+    failures = gate_failures(candidate, promoted)
+    return dg.AssetCheckResult(
+        passed=not failures,
+        metadata={
+            "candidate_version": dg.MetadataValue.text(version),
+            "promoted_version": dg.MetadataValue.text(current or "none yet"),
+            "failures": dg.MetadataValue.json(failures),
+        },
+    )
+
+
+@dg.asset(key=PROMOTED, deps=[EVALUATION], group_name=MODEL_GROUP, kinds={"pytorch"})
+def promoted_model(
+    context: dg.AssetExecutionContext, model_store: ModelStore
+) -> dg.MaterializeResult:
+    """The model version that recommendations are served from, promoted through the gate."""
+    version = candidate_version(context)
+    previous = model_store.current_version()
+    model_store.promote(version)
+    context.log.info(f"promoted model {version} (previously {previous or 'none'})")
+    card = model_store.card(version)
+    return dg.MaterializeResult(
+        metadata={
+            "model_version": dg.MetadataValue.text(version),
+            "previous_version": dg.MetadataValue.text(previous or ""),
+            "cutoff": dg.MetadataValue.text(card["cutoff"]),
+            "lake_versions": dg.MetadataValue.json(card["lake_versions"]),
+            "bundle": dg.MetadataValue.path(str(model_store.version_dir(version))),
+        }
+    )

@@ -1,0 +1,182 @@
+"""Two-tower training: the loss it optimises, that it learns, and that a seed reproduces it."""
+
+import math
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+
+from contoso_recs.recommender.data import LakeFrames
+from contoso_recs.recommender.train import TrainedModel, snapshot_batches, train
+from contoso_recs.recommender.two_tower import TwoTowerConfig, in_batch_loss
+
+CUTOFF = datetime(2017, 3, 6, tzinfo=UTC)
+UTC_US = pl.Datetime("us", "UTC")
+TINY = replace(
+    TwoTowerConfig(),
+    dim=8,
+    id_dim=8,
+    attribute_dim=4,
+    hidden=16,
+    customer_buckets=64,
+    history_len=5,
+    weeks=6,
+    batch_size=32,
+    epochs=4,
+)
+
+
+def synthetic_lake() -> LakeFrames:
+    """40 customers in two tastes, each ordering 2 of their taste's 5 products every week.
+
+    Customers 0-19 buy dairy (products 1-5), customers 20-39 buy bakery (products 6-10).
+    """
+    rng = np.random.default_rng(3)
+    orders, lines = [], []
+    for week in range(8):
+        for customer in range(40):
+            order_id = len(orders) + 1
+            day = CUTOFF - timedelta(days=7 * (8 - week) - int(rng.integers(0, 7)))
+            orders.append((order_id, customer, 1, "store", day, day))
+            first = 1 if customer < 20 else 6
+            for n, product in enumerate(rng.choice(5, size=2, replace=False) + first):
+                lines.append((order_id, n + 1, int(product), 1, 2.0, day))
+    order_frame = pl.DataFrame(
+        orders,
+        schema={
+            "order_id": pl.Int64,
+            "customer_id": pl.Int64,
+            "store_id": pl.Int64,
+            "channel": pl.String,
+            "ordered_at": UTC_US,
+            "modified_at": UTC_US,
+        },
+        orient="row",
+    )
+    line_frame = pl.DataFrame(
+        lines,
+        schema={
+            "order_id": pl.Int64,
+            "line_number": pl.Int64,
+            "product_id": pl.Int64,
+            "quantity": pl.Int64,
+            "amount": pl.Float64,
+            "modified_at": UTC_US,
+        },
+        orient="row",
+    )
+    products = pl.DataFrame(
+        {
+            "product_id": list(range(1, 11)),
+            "name": [f"dairy item {i}" for i in range(5)] + [f"bakery item {i}" for i in range(5)],
+            "department": ["dairy"] * 5 + ["bakery"] * 5,
+            "category": ["milk", "cheese", "milk", "yoghurt", "cheese"] + ["bread"] * 5,
+            "brand": ["National", "Private"] * 5,
+            "price": [1.0, 2.0, 3.0, 4.0, 5.0] * 2,
+            "introduced_at": pl.Series([None] * 10, dtype=UTC_US),
+            "discontinued": [False] * 10,
+        }
+    )
+    customers = pl.DataFrame(
+        {
+            "customer_id": list(range(40)),
+            "age_band": ["35-44"] * 20 + ["65+"] * 20,
+            "income_band": ["50-74K"] * 40,
+            "household_size": [2] * 40,
+            "created_at": pl.Series([CUTOFF - timedelta(days=365)] * 40, dtype=UTC_US),
+        }
+    )
+    views = pl.DataFrame(
+        schema={
+            "customer_id": pl.Int64,
+            "product_id": pl.Int64,
+            "viewed_at": UTC_US,
+            "dwell_seconds": pl.Float64,
+        }
+    )
+    images = pl.DataFrame(schema={"product_id": pl.Int64, "features": pl.List(pl.Float32)})
+    return LakeFrames(products, order_frame, line_frame, customers, views, images)
+
+
+def test_in_batch_loss_is_softmax_cross_entropy_over_the_batch_products():
+    customers = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    products = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    loss = in_batch_loss(customers, products, torch.tensor([5, 6]), torch.tensor([0, 1]), None, 1.0)
+    # each row: logits (1, 0) with the first right: log(1 + e^-1)
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-1)), abs=1e-6)
+
+
+def test_in_batch_loss_subtracts_log_sampling_frequency():
+    customers = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    log_q = torch.log(torch.tensor([0.5, 0.25]))
+    loss = in_batch_loss(
+        customers, customers, torch.tensor([5, 6]), torch.tensor([0, 1]), log_q, 1.0
+    )
+    # row 0: logits (1 + ln 2, ln 4); row 1: (ln 2, 1 + ln 4)
+    row0 = -math.log(2 * math.e / (2 * math.e + 4))
+    row1 = -math.log(4 * math.e / (2 + 4 * math.e))
+    assert loss.item() == pytest.approx((row0 + row1) / 2, abs=1e-6)
+
+
+def test_in_batch_loss_does_not_count_a_duplicate_product_or_same_customer_as_negative():
+    customers = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    products = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # rows 0 and 1 bought the same product 5; rows 1 and 2 are the same customer snapshot
+    positions, snapshots = torch.tensor([5, 5, 7]), torch.tensor([0, 1, 1])
+    loss = in_batch_loss(customers, products, positions, snapshots, None, 1.0)
+    # row 0 competes with product 7 only, row 2 with row 0's product 5 only (logits 1 vs 0);
+    # row 1 has no negative left, so it adds nothing
+    assert loss.item() == pytest.approx(2 * math.log(1 + math.exp(-1)) / 3, abs=1e-6)
+
+
+def test_snapshot_batches_keep_each_customer_week_whole():
+    snapshot = np.array([0, 1, 1, 2, 2, 2, 3])
+    batches = list(snapshot_batches(snapshot, 3, np.random.default_rng(0)))
+    seen = sorted(int(r) for _, rows, _ in batches for r in rows)
+    assert seen == list(range(7))
+    for chosen, rows, owner in batches:
+        assert snapshot[rows].tolist() == chosen[owner].tolist()
+
+
+def test_training_lowers_the_loss():
+    trained = train(synthetic_lake(), CUTOFF, TINY)
+    losses = trained.metrics["epoch_loss"]
+    assert len(losses) == 4
+    assert losses[-1] < losses[0] - 0.1
+
+
+def test_training_is_reproducible_with_the_seed():
+    first = train(synthetic_lake(), CUTOFF, TINY).metrics["epoch_loss"]
+    second = train(synthetic_lake(), CUTOFF, TINY).metrics["epoch_loss"]
+    other_seed = train(synthetic_lake(), CUTOFF, replace(TINY, seed=8)).metrics["epoch_loss"]
+    assert first == second
+    assert first != other_seed
+
+
+def test_epoch_callback_gets_epoch_loss_and_speed():
+    calls = []
+    trained = train(
+        synthetic_lake(), CUTOFF, replace(TINY, epochs=2), on_epoch=lambda *args: calls.append(args)
+    )
+    assert [c[0] for c in calls] == [1, 2]
+    assert [c[1] for c in calls] == trained.metrics["epoch_loss"]
+    assert all(c[2] > 0 for c in calls)
+
+
+def test_model_bundle_round_trips(tmp_path):
+    lake = synthetic_lake()
+    trained = train(lake, CUTOFF, replace(TINY, epochs=1))
+    trained.save(tmp_path)
+    loaded = TrainedModel.load(tmp_path, device="cpu")
+    assert loaded.config == trained.config
+    assert loaded.vocab == trained.vocab
+    np.testing.assert_array_equal(loaded.product_vectors(), trained.product_vectors())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.json",
+        "metrics.json",
+        "model.pt",
+        "vocabulary.json",
+    ]
