@@ -1,0 +1,120 @@
+"""The model stage: training through Pipes, evaluation, the blocking promotion gate."""
+
+import dagster as dg
+import pytest
+
+from contoso_recs.automation.jobs import train_and_promote_job
+from contoso_recs.definitions import build_definitions
+from contoso_recs.environment import local_resources
+from contoso_recs.main_job import demo
+from contoso_recs.model.gate import gate_failures
+from contoso_recs_tests.conftest import materialization
+
+
+def evaluation(blend_a: float, popularity_a: float, blend_b: float, popularity_b: float) -> dict:
+    def figures(value: float) -> dict:
+        return {"hr@5": value, "ndcg@5": value / 2}
+
+    return {
+        "A": {"blend": figures(blend_a), "popularity": figures(popularity_a)},
+        "B": {"blend": figures(blend_b), "popularity": figures(popularity_b)},
+    }
+
+
+def test_a_candidate_that_beats_popularity_on_both_tasks_passes_the_gate():
+    assert gate_failures(evaluation(0.7, 0.4, 0.10, 0.07), promoted=None) == []
+
+
+def test_a_candidate_no_better_than_popularity_on_task_b_fails_the_gate():
+    failures = gate_failures(evaluation(0.7, 0.4, 0.07, 0.07), promoted=None)
+
+    assert failures == [
+        "task B hr@5 0.0700 does not beat popularity 0.0700",
+        "task B ndcg@5 0.0350 does not beat popularity 0.0350",
+    ]
+
+
+def test_a_candidate_may_fall_below_the_promoted_model_by_the_tolerance_and_no_more():
+    promoted = evaluation(0.70, 0.4, 0.10, 0.07)
+
+    assert gate_failures(evaluation(0.695, 0.4, 0.10, 0.07), promoted, tolerance=0.01) == []
+    failures = gate_failures(evaluation(0.68, 0.4, 0.10, 0.07), promoted, tolerance=0.01)
+    assert failures == ["task A hr@5 0.6800 is more than 0.01 below the promoted model's 0.7000"]
+
+
+@pytest.fixture(scope="module")
+def tiny_lake(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("tiny")
+    assert demo(data_dir, "synthetic", "tiny", 0, lambda _: None)
+    return data_dir
+
+
+def train_and_promote(data_dir, instance, **candidate_config) -> dg.ExecuteInProcessResult:
+    definitions = build_definitions(local_resources(data_dir))
+    config = {"epochs": 1, "threads": 1, **candidate_config}
+    return definitions.resolve_job_def(train_and_promote_job.name).execute_in_process(
+        instance=instance,
+        run_config={"ops": {"model__two_tower_candidate": {"config": config}}},
+        raise_on_error=False,
+    )
+
+
+def test_training_runs_through_pipes_and_reports_each_epoch_and_the_lake_versions(
+    tiny_lake, instance
+):
+    result = train_and_promote(tiny_lake, instance, epochs=2)
+
+    assert result.success
+    candidate = materialization(result, "model", "two_tower_candidate")
+    assert candidate["epochs"] == 2
+    assert len(candidate["loss_by_epoch"]) == 2
+    assert candidate["examples_per_second"] > 0
+    assert candidate["lake_versions"]["order_lines"] == 0
+    store = local_resources(tiny_lake)["model_store"]
+    card = store.card(candidate["model_version"])
+    assert card["lake_versions"] == candidate["lake_versions"]
+    assert card["cutoff"] == candidate["cutoff"]
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("epoch 2: loss" in message for message in messages)
+
+
+def test_a_candidate_through_the_gate_becomes_the_promoted_model(tiny_lake, instance):
+    result = train_and_promote(tiny_lake, instance)
+
+    version = materialization(result, "model", "two_tower_candidate")["model_version"]
+    gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
+    store = local_resources(tiny_lake)["model_store"]
+    if gate[0].passed:
+        assert store.current_version() == version
+        assert materialization(result, "model", "promoted_model")["model_version"] == version
+    else:
+        assert store.current_version() != version
+        assert not [
+            e
+            for e in result.get_asset_materialization_events()
+            if e.asset_key == dg.AssetKey(["model", "promoted_model"])
+        ]
+
+
+def test_a_failed_gate_stops_promotion_and_keeps_the_promoted_model(tiny_lake, instance):
+    store = local_resources(tiny_lake)["model_store"]
+    train_and_promote(tiny_lake, instance)
+    before = store.current_version()
+    # A bar no model can clear: the promoted model's figures raised far above any candidate.
+    if before is not None:
+        card = store.card(before)
+        for task in ("A", "B"):
+            for metric in ("hr@5", "ndcg@5"):
+                card["evaluation"][task]["blend"][metric] = 2.0
+        store.write_card(before, card)
+
+    result = train_and_promote(tiny_lake, instance)
+
+    gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
+    assert not gate[0].passed
+    assert store.current_version() == before
+    assert not [
+        e
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == dg.AssetKey(["model", "promoted_model"])
+    ]
