@@ -9,7 +9,7 @@ SCALE ?= demo
 export CONTOSO_RECS_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: setup system-deps demo demo-completejourney ui test lint format bench clean
+.PHONY: setup system-deps demo demo-completejourney ui test lint format evaluate bench clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +49,13 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+## The evaluation on The Complete Journey at two cutoffs: reports/evaluation.{md,json,png}.
+evaluate: setup
+	$(PY) -m contoso_recs.cli demo --dataset completejourney --skip-training \
+		--data-dir $(CURDIR)/data/completejourney
+	$(PY) -m contoso_recs.recommender.evaluate --lake $(CURDIR)/data/completejourney/lake \
+		--dataset completejourney --cutoffs 2017-12-04 2017-11-13 --out reports
 
 ## Benchmarks at full scale; figures go to reports/benchmarks.{md,json}.
 bench: setup

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--dataset", choices=["synthetic", "completejourney"], default="synthetic")
     demo.add_argument("--scale", choices=list(synthetic.SCALES), default="demo")
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--skip-training", action="store_true", help="stop once the lake is up to date"
+    )
     add_data_dir(demo)
     demo.set_defaults(run=run_demo)
     return parser
@@ -84,7 +87,9 @@ def run_demo(args: argparse.Namespace) -> int:
         sys.stdout.write(message + "\n")
         sys.stdout.flush()
 
-    succeeded = demo(args.data_dir, args.dataset, args.scale, args.seed, report)
+    succeeded = demo(
+        args.data_dir, args.dataset, args.scale, args.seed, report, not args.skip_training
+    )
     return 0 if succeeded else 1
 
 

@@ -17,19 +17,22 @@ from dagster._core.storage.tags import (
 )
 
 from contoso_recs.automation.clickstream_sensor import contiguous_ranges, hour_fingerprints
-from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job
+from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job, train_and_promote_job
 from contoso_recs.definitions import build_definitions
 from contoso_recs.demo_data import completejourney, layout, synthetic
 from contoso_recs.environment import Environment, local_resources, resolve_environment
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandingZone
+from contoso_recs.resources.model_store import ModelStore
 from contoso_recs.settings import ENVIRONMENT_ENV_VAR
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
 
 Report = Callable[[str], None]
 # Run logs at INFO: what each step read, loaded, quarantined and wrote.
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
+# Two epochs keep the demo short; the evaluation and `make evaluate` train longer.
+DEMO_TRAINING = {"epochs": 2}
 LAKE_TABLES = (
     "products",
     "orders",
@@ -60,9 +63,12 @@ def local_instance(dagster_home: Path) -> dg.DagsterInstance:
 
 
 def run_main_job(
-    definitions: dg.Definitions, instance: dg.DagsterInstance, report: Report
+    definitions: dg.Definitions,
+    instance: dg.DagsterInstance,
+    report: Report,
+    train_model: bool = True,
 ) -> list[StepOutcome]:
-    """Refresh the lake from every source, then load every landed hour of product views."""
+    """Refresh the lake, load every landed hour of product views, then train and promote."""
     outcomes = []
 
     report("Refreshing the lake from the transactional database, the CRM and product images")
@@ -100,7 +106,40 @@ def run_main_job(
         )
         if not result.success:
             break
+    if not train_model or not all(outcome.success for outcome in outcomes):
+        return outcomes
+
+    report("Training a candidate model, evaluating it beside the baselines, promoting it")
+    result = definitions.resolve_job_def(train_and_promote_job.name).execute_in_process(
+        instance=instance,
+        run_config={**RUN_CONFIG, "ops": {"model__two_tower_candidate": {"config": DEMO_TRAINING}}},
+        raise_on_error=False,
+    )
+    gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
+    if gate and not gate[0].passed:
+        report(f"The promotion gate stopped the candidate: {gate[0].metadata['failures'].value}")
+    outcomes.append(StepOutcome(train_and_promote_job.name, result.run_id, result.success))
     return outcomes
+
+
+def model_summary(store: ModelStore) -> list[str]:
+    """The promoted model and how it compares with popularity on next week's purchases."""
+    version = store.current_version()
+    if version is None:
+        return ["No model has been promoted yet."]
+    card = store.card(version)
+    lines = [
+        f"Promoted model {version} ({store.version_dir(version)}), trained before {card['cutoff']}"
+    ]
+    for task, label in (("A", "any product"), ("B", "products new to the customer")):
+        figures = card.get("evaluation", {}).get(task, {})
+        if "blend" in figures:
+            lines.append(
+                f"  task {task} ({label}): HR@5 {figures['blend']['hr@5']:.3f} "
+                f"(popularity {figures['popularity']['hr@5']:.3f}), "
+                f"NDCG@5 {figures['blend']['ndcg@5']:.3f}"
+            )
+    return lines
 
 
 def lake_summary(lake: Lake) -> list[str]:
@@ -165,7 +204,14 @@ def prepare_sources(data_dir: Path, dataset: str, scale: str, seed: int, report:
     return True
 
 
-def demo(data_dir: Path, dataset: str, scale: str, seed: int, report: Report) -> bool:
+def demo(
+    data_dir: Path,
+    dataset: str,
+    scale: str,
+    seed: int,
+    report: Report,
+    train_model: bool = True,
+) -> bool:
     """Sources → lake on the local environment, reported step by step; True on success."""
     dagster_home = data_dir / "dagster_home"
     environment = resolve_environment()
@@ -179,7 +225,7 @@ def demo(data_dir: Path, dataset: str, scale: str, seed: int, report: Report) ->
     forget_lake_of_other_sources(data_dir, dagster_home, report)
     instance = local_instance(dagster_home)
     resources = local_resources(data_dir)
-    outcomes = run_main_job(build_definitions(resources), instance, report)
+    outcomes = run_main_job(build_definitions(resources), instance, report, train_model)
     if all(outcome.success for outcome in outcomes):
         mirrored_sources_marker(data_dir).write_text(layout.manifest_path(data_dir).read_text())
 
@@ -191,6 +237,9 @@ def demo(data_dir: Path, dataset: str, scale: str, seed: int, report: Report) ->
     report("")
     report("Lake tables:")
     for line in lake_summary(resources["lake"]):
+        report(line)
+    report("")
+    for line in model_summary(resources["model_store"]):
         report(line)
     report("")
     report(f"Dagster instance: {dagster_home}")
