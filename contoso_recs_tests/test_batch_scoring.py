@@ -137,6 +137,8 @@ def test_mini_batches_equal_one_call() -> None:
 
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), whole[1])
+    plain = list(iter_top_k(iter([CUSTOMERS[:2], CUSTOMERS[2:]]), PRODUCTS, k=3))
+    assert np.concatenate([p[0] for p in plain]).tolist() == [[0, 1, 2], [3, 2, 1], [4, 0, 1]]
 
 
 def test_recall_at_5_against_exact_fp32() -> None:
@@ -161,6 +163,8 @@ def test_bad_input_is_refused() -> None:
         top_k(np.full((2, 3), np.nan, dtype=np.float32), PRODUCTS)
     with pytest.raises(ValueError, match="dim"):
         top_k(np.zeros((2, 4), dtype=np.float32), PRODUCTS)
+    with pytest.raises(TypeError, match="CSR"):
+        top_k(CUSTOMERS, PRODUCTS, exclude=np.array([1, 2]))
     with pytest.raises(ValueError, match="positions"):
         top_k(CUSTOMERS, PRODUCTS, exclude=(np.array([0, 1, 1, 1]), np.array([6])))
 

@@ -41,12 +41,12 @@ def test_tiny_demo_quarantines_exactly_the_planted_bad_rows_and_loads_the_rest(t
 
 
 def test_rerunning_the_demo_reuses_the_sources_and_changes_no_table(tmp_path):
-    demo(tmp_path, "synthetic", "tiny", 0, lambda _: None)
+    demo(tmp_path, "synthetic", "tiny", 0, lambda _: None, train_model=False)
     lake = local_resources(tmp_path)["lake"]
     before = {t: lake.read(t).sort(pl.all()) for t in ("orders", "order_lines", "product_views")}
     messages: list[str] = []
 
-    assert demo(tmp_path, "synthetic", "tiny", 0, messages.append)
+    assert demo(tmp_path, "synthetic", "tiny", 0, messages.append, train_model=False)
 
     assert any(m.startswith("Reusing") for m in messages)
     for table, frame in before.items():
@@ -57,7 +57,7 @@ def test_rerunning_the_demo_reuses_the_sources_and_changes_no_table(tmp_path):
 def test_complete_journey_fills_the_lake_and_leaves_clickstream_and_images_empty(tmp_path):
     messages: list[str] = []
 
-    assert demo(tmp_path, "completejourney", "demo", 0, messages.append)
+    assert demo(tmp_path, "completejourney", "demo", 0, messages.append, train_model=False)
 
     lake = local_resources(tmp_path)["lake"]
     assert lake.row_count("orders") == 155_848
@@ -73,13 +73,13 @@ def test_complete_journey_fills_the_lake_and_leaves_clickstream_and_images_empty
 
 
 def test_sources_generated_under_an_existing_lake_start_the_lake_afresh(tmp_path):
-    demo(tmp_path, "synthetic", "tiny", 0, lambda _: None)
+    demo(tmp_path, "synthetic", "tiny", 0, lambda _: None, train_model=False)
     lake = local_resources(tmp_path)["lake"]
     orders_before = lake.read("orders").sort("order_id")
     synthetic.generate(tmp_path, "tiny", 1)
     messages: list[str] = []
 
-    assert demo(tmp_path, "synthetic", "tiny", 1, messages.append)
+    assert demo(tmp_path, "synthetic", "tiny", 1, messages.append, train_model=False)
 
     assert any(m.startswith("The sources changed since the lake was built") for m in messages)
     assert not lake.read("orders").sort("order_id").equals(orders_before)

@@ -45,7 +45,7 @@ def test_a_candidate_may_fall_below_the_promoted_model_by_the_tolerance_and_no_m
 @pytest.fixture(scope="module")
 def tiny_lake(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tiny")
-    assert demo(data_dir, "synthetic", "tiny", 0, lambda _: None)
+    assert demo(data_dir, "synthetic", "tiny", 0, lambda _: None, train_model=False)
     return data_dir
 
 
