@@ -59,7 +59,9 @@ evaluate: setup
 
 ## Benchmarks at full scale; figures go to reports/benchmarks.{md,json}.
 bench: setup
+	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
+	$(PY) -m benchmarks.batch_scoring
 
 clean:
 	rm -rf data
