@@ -31,7 +31,7 @@ def test_definitions_load_with_every_lake_table_sensor_and_job(monkeypatch, tmp_
     assert definitions.resolve_job_def("lake_refresh")
     assert definitions.resolve_job_def("clickstream_hourly")
     checks = {check.name for check in graph.asset_check_keys}
-    assert {"unique_order_id", "non_negative_quantity", "unique_event_id"} <= checks
+    assert {"unique_order_id", "non_negative_quantity", "unique_landed_hour_event_id"} <= checks
 
 
 def test_each_lake_table_is_downstream_of_its_source_system(monkeypatch, tmp_path):

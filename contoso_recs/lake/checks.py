@@ -158,7 +158,7 @@ def lake_checks_defs() -> dg.Definitions:
             orphan_check(keys.ORDER_LINES, "order_id", keys.ORDERS, "order_id"),
             orphan_check(keys.ORDER_LINES, "product_id", keys.PRODUCTS, "product_id"),
             unique_key_check(keys.CUSTOMERS, ["customer_id"]),
-            unique_key_check(keys.PRODUCT_VIEWS, ["event_id"]),
+            unique_key_check(keys.PRODUCT_VIEWS, ["landed_hour", "event_id"]),
             timestamp_range_check(keys.PRODUCT_VIEWS, "viewed_at"),
             orphan_check(keys.PRODUCT_VIEWS, "customer_id", keys.CUSTOMERS, "customer_id"),
             unique_key_check(keys.PRODUCT_IMAGE_FEATURES, ["product_id"]),

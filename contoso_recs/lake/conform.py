@@ -29,7 +29,9 @@ def as_int(raw: pl.Expr) -> pl.Expr:
 
 
 def as_float(raw: pl.Expr) -> pl.Expr:
-    return raw.str.strip_chars().cast(pl.Float64, strict=False)
+    """A finite number; NaN and infinity are not amounts, prices or durations."""
+    value = raw.str.strip_chars().cast(pl.Float64, strict=False)
+    return pl.when(value.is_finite()).then(value).otherwise(None)
 
 
 def as_flag(raw: pl.Expr) -> pl.Expr:

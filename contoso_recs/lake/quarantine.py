@@ -35,7 +35,13 @@ def write_quarantine(
         return lake.replace_where(QUARANTINE_TABLE, framed, predicate, ["target_table"])
     if framed.is_empty():
         return None
-    framed = framed.unique(subset=["source_ref"], keep="last", maintain_order=True)
+    # Two rejected rows may share a reference (no key to tell them apart): number the repeats.
+    repeat = pl.int_range(pl.len()).over("source_ref")
+    framed = framed.with_columns(
+        source_ref=pl.when(repeat > 0)
+        .then(pl.format("{}#{}", pl.col("source_ref"), repeat))
+        .otherwise(pl.col("source_ref"))
+    )
     return lake.upsert(
         QUARANTINE_TABLE,
         framed,

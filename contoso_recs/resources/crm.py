@@ -24,8 +24,8 @@ class CrmSource(dg.ConfigurableResource):
         """Records modified at or after the watermark (`modifiedon ge …` in Dataverse)."""
         for page in self.iter_pages(entity_set):
             for record in page:
-                modified = record.get("modifiedon")
-                if modified_since is None or modified is None or modified >= modified_since:
+                modified = record.get("modifiedon") if isinstance(record, dict) else None
+                if modified_since is None or modified is None or str(modified) >= modified_since:
                     yield record
 
 
@@ -49,7 +49,16 @@ class LocalCrmFolder(CrmSource):
             if page_path in seen:
                 raise ValueError(f"CRM page links loop back to {page_path.name}")
             seen.add(page_path)
-            page = json.loads(page_path.read_text())
-            yield page.get("value", [])
+            try:
+                page = json.loads(page_path.read_text())
+            except (OSError, ValueError) as error:
+                raise ValueError(
+                    f"CRM page {page_path.name} of {entity_set} cannot be read as OData JSON: "
+                    f"{type(error).__name__}"
+                ) from None
+            records = page.get("value") if isinstance(page, dict) else None
+            if not isinstance(records, list):
+                raise ValueError(f"CRM page {page_path.name} of {entity_set} has no value array")
+            yield records
             next_link = page.get("@odata.nextLink")
             page_path = folder / next_link if next_link else None

@@ -65,7 +65,25 @@ class TransactionalSource(dg.ConfigurableResource):
 def _rows_as_text(rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> pl.DataFrame:
     if rows and not isinstance(rows[0], tuple):
         rows = [tuple(row) for row in rows]  # pyodbc's Row objects
-    return pl.DataFrame(rows, schema=dict.fromkeys(columns, pl.String), orient="row", strict=False)
+    schema = dict.fromkeys(columns, pl.String)
+    try:
+        return pl.DataFrame(rows, schema=schema, orient="row", strict=False)
+    except pl.exceptions.PolarsError:
+        # A value polars cannot take as text (a BLOB, say): convert value by value, so the
+        # conform step quarantines it as invalid instead of the whole extract failing.
+        return pl.DataFrame(
+            [tuple(_as_text(value) for value in row) for row in rows],
+            schema=schema,
+            orient="row",
+        )
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "0x" + bytes(value).hex()
+    return str(value)
 
 
 class SqliteTransactionalSource(TransactionalSource):

@@ -41,6 +41,7 @@ RAW_FIELDS = [
     "device",
 ]
 CLICKSTREAM_SUFFIX = ".jsonl"
+UTF8_BOM = b"\xef\xbb\xbf"
 RAW_SCHEMA = dict.fromkeys(RAW_FIELDS, pl.String)
 # A view may reach the landing zone late (an app that was offline), never from the future.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -87,12 +88,14 @@ def read_landed_file(path: str, content: bytes) -> tuple[pl.DataFrame, pl.DataFr
     The whole file is parsed at once; only a file with a malformed or truncated line is parsed
     line by line to find which lines to reject.
     """
-    if b"\n\n" not in content and not content.startswith(b"\n"):
-        try:
-            rows = pl.read_ndjson(io.BytesIO(content), schema=RAW_SCHEMA)
+    content = content.removeprefix(UTF8_BOM)
+    try:
+        rows = pl.read_ndjson(io.BytesIO(content), schema=RAW_SCHEMA)
+        # Row i is line i only when no line was blank; otherwise number the lines one by one.
+        if rows.height == content.rstrip(b"\r\n").count(b"\n") + 1:
             return _with_line_numbers(rows, path, list(range(1, rows.height + 1))), _no_rejects()
-        except pl.exceptions.PolarsError:
-            pass
+    except pl.exceptions.PolarsError:
+        pass
     return _read_line_by_line(path, content)
 
 

@@ -1,6 +1,8 @@
 """Customer profiles from the CRM (Dynamics 365) into the lake."""
 
 import json
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import dagster as dg
@@ -8,6 +10,7 @@ import polars as pl
 
 from contoso_recs.lake import keys
 from contoso_recs.lake.conform import (
+    QUARANTINE_SCHEMA,
     Column,
     Contract,
     as_date,
@@ -19,6 +22,7 @@ from contoso_recs.lake.quarantine import write_quarantine
 from contoso_recs.lake.watermark import WATERMARK, previous_watermark
 from contoso_recs.resources.crm import CONTACTS_ENTITY_SET, CrmSource
 from contoso_recs.resources.lake import Lake
+from contoso_recs.sources.transactions import modified_in_future
 
 CRM_TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
 CONTACT_FIELDS = {
@@ -69,6 +73,16 @@ def records_as_text(records: list[dict[str, Any]]) -> pl.DataFrame:
     return pl.DataFrame(columns, schema=dict.fromkeys(CONTACT_FIELDS, pl.String))
 
 
+def not_records(records: list[Any]) -> pl.DataFrame:
+    """Entries of the `value` array that are not records at all, as quarantine rows."""
+    rejected = [
+        {"source_ref": f"value[{i}]", "reason": "malformed_record", "raw": json.dumps(entry)}
+        for i, entry in enumerate(records)
+        if not isinstance(entry, dict)
+    ]
+    return pl.DataFrame(rejected, schema=QUARANTINE_SCHEMA)
+
+
 def with_age_band(customers: pl.DataFrame) -> pl.DataFrame:
     """Fill the age band from the birth date where the CRM holds only the date."""
     age = (pl.col("modified_at").dt.year() - pl.col("birthdate").dt.year()) - (
@@ -93,16 +107,19 @@ def customers(
     """Customer profiles (age band, income band, household, region, stated preferences)."""
     watermark = previous_watermark(context, keys.CUSTOMERS) if lake.exists("customers") else None
     records = list(crm.iter_changed_records(CONTACTS_ENTITY_SET, watermark))
-    raw = records_as_text(records)
+    contacts = [record for record in records if isinstance(record, dict)]
+    raw = records_as_text(contacts)
     ref = pl.format(
         "{}@{}", pl.col("contactid").fill_null("?"), pl.col("modifiedon").fill_null("?")
     )
-    conformed = conform(raw, CUSTOMERS_CONTRACT, ref)
+    contract = replace(CUSTOMERS_CONTRACT, rules=[modified_in_future(datetime.now(UTC))])
+    conformed = conform(raw, contract, ref, quarantined_before=not_records(records))
     profiles = with_age_band(conformed.loaded)
 
     write = lake.upsert("customers", profiles, ["customer_id"], newer_when="modified_at")
     write_quarantine(lake, "customers", conformed.all_quarantined)
-    latest = raw.select(as_timestamp(CRM_TIMESTAMP)(pl.col("modifiedon")).max()).item()
+    # Only loaded profiles move the watermark (a contact stamped in the future must not).
+    latest = conformed.loaded["modified_at"].max()
     watermark_after = latest.strftime(CRM_TIMESTAMP) if latest is not None else watermark
     context.log.info(
         f"CRM contacts changed since {watermark or 'the beginning'}: {conformed.summary()}; "

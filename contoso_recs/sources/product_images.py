@@ -16,6 +16,7 @@ from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import PRODUCT_IMAGES_CONTAINER, LandedFile, LandingZone
 
 THUMBNAIL = (16, 16)
+MAX_ID_DIGITS = 18
 HUE_BINS = 8
 FEATURE_NAMES = [
     "mean_red",
@@ -59,14 +60,14 @@ def describe_image(
     """Manifest row, feature row and quarantine row (exactly one of the last two is set)."""
     stem = PurePosixPath(landed.path).stem
     reject = {"source_ref": landed.path, "raw": landed.fingerprint}
-    if not stem.isdigit():
+    if not (stem.isascii() and stem.isdigit() and len(stem) <= MAX_ID_DIGITS):
         return None, None, {**reject, "reason": "invalid_product_id"}
     try:
         with Image.open(io.BytesIO(content)) as image:
             image.load()
             features = image_features(image)
             width, height = image.size
-    except (UnidentifiedImageError, OSError, ValueError):
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, ValueError):
         return None, None, {**reject, "reason": "unreadable_image"}
 
     digest = hashlib.sha256(content).hexdigest()
@@ -108,16 +109,18 @@ def extract_product_images(
     """Catalogue new or changed product images and compute their features."""
     landed = landing_zone.list_files(PRODUCT_IMAGES_CONTAINER)
     known = lake.read_or_empty("product_images", MANIFEST_SCHEMA)
-    known_fingerprints = set(
-        known.select(pl.format("{}:{}", "path", "size_bytes")).to_series().to_list()
-    )
-    changed = [f for f in landed if f"{f.path}:{f.size}" not in known_fingerprints]
+    known_fingerprints = set(known.select("path", "size_bytes", "landed_at").iter_rows())
+    changed = [f for f in landed if (f.path, f.size, f.modified_at) not in known_fingerprints]
 
+    # One image per product: a second file for a product (12.png beside 012.png) is a duplicate.
+    owner = dict(known.select("product_id", "path").iter_rows())
     manifests, features, rejects = [], [], []
     for file in changed:
         manifest, feature, reject = describe_image(
             file, landing_zone.read_bytes(PRODUCT_IMAGES_CONTAINER, file.path)
         )
+        if manifest and owner.setdefault(manifest["product_id"], file.path) != file.path:
+            reject = {"source_ref": file.path, "raw": file.fingerprint, "reason": "duplicate"}
         if reject:
             rejects.append(reject)
         else:
@@ -135,7 +138,9 @@ def extract_product_images(
         f"{len(manifests)} loaded, {len(rejects)} quarantined; "
         f"wrote {manifest_write.uri} version {manifest_write.version}"
     )
+    reasons = pl.DataFrame(rejects, schema=QUARANTINE_SCHEMA)["reason"].value_counts(sort=True)
     accounting = {
+        "quarantined_by_reason": dg.MetadataValue.json(dict(reasons.iter_rows())),
         "files_landed": dg.MetadataValue.int(len(landed)),
         "rows_read": dg.MetadataValue.int(len(changed)),
         "rows_loaded": dg.MetadataValue.int(len(manifests)),

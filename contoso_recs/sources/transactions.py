@@ -25,6 +25,12 @@ from contoso_recs.resources.transactional import TransactionalSource
 SQL_TIMESTAMP = "%Y-%m-%d %H:%M:%S"
 EARLIEST_ORDER = datetime(2000, 1, 1, tzinfo=UTC)
 
+
+def modified_in_future(now: datetime) -> Rule:
+    """A row stamped far ahead would hold the watermark there and hide later changes."""
+    return Rule("modified_at_in_future", pl.col("modified_at") > now + timedelta(days=1))
+
+
 PRODUCTS_CONTRACT = Contract(
     columns=[
         Column("product_id", as_int, required=True),
@@ -38,7 +44,10 @@ PRODUCTS_CONTRACT = Contract(
         Column("discontinued", as_flag, required=True),
         Column("modified_at", as_timestamp(SQL_TIMESTAMP), required=True),
     ],
-    rules=[Rule("negative_price", pl.col("price") < 0)],
+    rules=[
+        Rule("negative_price", pl.col("price") < 0),
+        modified_in_future(datetime.now(UTC)),
+    ],
     unique_key=["product_id"],
     latest_by="modified_at",
 )
@@ -59,7 +68,8 @@ def orders_contract(now: datetime) -> Contract:
             Rule(
                 "ordered_at_out_of_range",
                 (ordered_at < EARLIEST_ORDER) | (ordered_at > now + timedelta(days=1)),
-            )
+            ),
+            modified_in_future(now),
         ],
         unique_key=["order_id"],
         latest_by="modified_at",
@@ -79,6 +89,7 @@ def order_lines_contract(known_product_ids: pl.Series) -> Contract:
         rules=[
             Rule("negative_quantity", pl.col("quantity") < 0),
             Rule("unknown_product", ~pl.col("product_id").is_in(known_product_ids.implode())),
+            modified_in_future(datetime.now(UTC)),
         ],
         unique_key=["order_id", "line_number"],
         latest_by="modified_at",
@@ -155,7 +166,7 @@ def _extract_table(
 
     write = lake.upsert(table, conformed.loaded, contract.unique_key, newer_when="modified_at")
     write_quarantine(lake, table, conformed.all_quarantined)
-    watermark_after = latest_modification(raw) or watermark
+    watermark_after = latest_modification(conformed.loaded) or watermark
     context.log.info(
         f"{table} changed since {watermark or 'the beginning'}: {conformed.summary()}; "
         f"watermark now {watermark_after}; "
@@ -172,9 +183,13 @@ def _extract_table(
     )
 
 
-def latest_modification(raw: pl.DataFrame) -> str | None:
-    """The latest valid `modified_at` read, in the source's own text format."""
-    latest = raw.select(as_timestamp(SQL_TIMESTAMP)(pl.col("modified_at")).max()).item()
+def latest_modification(loaded: pl.DataFrame) -> str | None:
+    """The latest `modified_at` loaded, in the source's own text format.
+
+    Only loaded rows move the watermark, so a row rejected for a timestamp in the future
+    cannot hold it there and hide later changes.
+    """
+    latest = loaded["modified_at"].max()
     return latest.strftime(SQL_TIMESTAMP) if latest is not None else None
 
 
