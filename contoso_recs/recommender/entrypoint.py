@@ -6,33 +6,18 @@ as materialisation metadata; run by hand, it just prints them.
     python -m contoso_recs.recommender.entrypoint --lake ROOT --cutoff 2017-12-04 --out DIR
 """
 
-import json
 import logging
 import time
-from dataclasses import replace
 
-import torch
 from dagster_pipes import PipesContext, open_dagster_pipes
 
-from contoso_recs.recommender.data import as_cutoff, read_lake
-from contoso_recs.recommender.train import default_device, parse_args, train
-from contoso_recs.recommender.two_tower import TwoTowerConfig
+from contoso_recs.recommender.data import as_cutoff
+from contoso_recs.recommender.train import default_device, parse_args, setup_from_args, train
 
 
 def run(pipes: PipesContext, argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    config = replace(
-        TwoTowerConfig(),
-        epochs=args.epochs,
-        weeks=args.weeks,
-        batch_size=args.batch_size,
-        dim=args.dim,
-        seed=args.seed,
-    )
-    versions = json.loads(args.versions) if args.versions else None
-    frames = read_lake(args.lake, versions)
+    config, frames = setup_from_args(args)
     losses: list[float] = []
     speeds: list[float] = []
 

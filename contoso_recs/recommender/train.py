@@ -346,9 +346,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    args = parse_args(argv)
+def setup_from_args(args: argparse.Namespace) -> tuple[TwoTowerConfig, LakeFrames]:
+    """The model configuration and the pinned lake frames a command line asks for."""
     if args.threads:
         torch.set_num_threads(args.threads)
     config = replace(
@@ -359,7 +358,13 @@ def main(argv: list[str] | None = None) -> int:
         dim=args.dim,
         seed=args.seed,
     )
-    frames = read_lake(args.lake, json.loads(args.versions) if args.versions else None)
+    return config, read_lake(args.lake, json.loads(args.versions) if args.versions else None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args = parse_args(argv)
+    config, frames = setup_from_args(args)
 
     def report(epoch: int, loss: float, speed: float) -> None:
         sys.stdout.write(f"epoch {epoch}: loss {loss:.4f}, {speed:,.0f} examples/s\n")
