@@ -21,6 +21,7 @@ from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job, trai
 from contoso_recs.definitions import build_definitions
 from contoso_recs.demo_data import completejourney, layout, synthetic
 from contoso_recs.environment import Environment, local_resources, resolve_environment
+from contoso_recs.lake import keys
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandingZone
@@ -33,15 +34,6 @@ Report = Callable[[str], None]
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # Two epochs keep the demo short; the evaluation and `make evaluate` train longer.
 DEMO_TRAINING = {"epochs": 2}
-LAKE_TABLES = (
-    "products",
-    "orders",
-    "order_lines",
-    "customers",
-    "product_views",
-    "product_images",
-    "product_image_features",
-)
 
 
 @dataclass(frozen=True)
@@ -145,7 +137,7 @@ def model_summary(store: ModelStore) -> list[str]:
 def lake_summary(lake: Lake) -> list[str]:
     """One line per lake table: rows, Delta version and where it is."""
     lines = []
-    for table in LAKE_TABLES:
+    for table in map(keys.table_name, keys.LAKE_TABLES):
         if not lake.exists(table):
             lines.append(f"  {table:<24} (not written)")
             continue

@@ -7,15 +7,7 @@ from contoso_recs.definitions import defs
 from contoso_recs.environment import Environment, resolve_environment
 from contoso_recs.lake import keys
 
-LAKE_TABLES = [
-    keys.PRODUCTS,
-    keys.ORDERS,
-    keys.ORDER_LINES,
-    keys.CUSTOMERS,
-    keys.PRODUCT_VIEWS,
-    keys.PRODUCT_IMAGES,
-    keys.PRODUCT_IMAGE_FEATURES,
-]
+LAKE_TABLES = keys.LAKE_TABLES
 
 
 def test_definitions_load_with_every_lake_table_sensor_and_job(monkeypatch, tmp_path):

@@ -23,6 +23,8 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
+from contoso_recs.sources.clickstream import RAW_FIELDS
+
 SQL_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 CRM_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 VIEW_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
@@ -85,16 +87,8 @@ ORDER_LINE_COLUMNS = (
     "amount",
     "modified_at",
 )
-PRODUCT_VIEW_COLUMNS = (
-    "event_id",
-    "event_type",
-    "customer_id",
-    "session_id",
-    "product_id",
-    "viewed_at",
-    "dwell_seconds",
-    "device",
-)
+# The product view fields the clickstream extract reads, in the order the app writes them.
+PRODUCT_VIEW_COLUMNS = tuple(RAW_FIELDS)
 CONTACT_COLUMNS = (
     "contactid",
     "contoso_customerid",

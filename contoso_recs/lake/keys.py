@@ -15,6 +15,16 @@ PRODUCT_VIEWS = dg.AssetKey(["lake", "product_views"])
 PRODUCT_IMAGES = dg.AssetKey(["lake", "product_images"])
 PRODUCT_IMAGE_FEATURES = dg.AssetKey(["lake", "product_image_features"])
 
+LAKE_TABLES = [
+    PRODUCTS,
+    ORDERS,
+    ORDER_LINES,
+    CUSTOMERS,
+    PRODUCT_VIEWS,
+    PRODUCT_IMAGES,
+    PRODUCT_IMAGE_FEATURES,
+]
+
 LAKE_GROUP = "lake"
 SOURCES_GROUP = "sources"
 
