@@ -5,6 +5,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Sequence
+from datetime import date
 from pathlib import Path
 
 from contoso_recs.demo_data import completejourney, layout, synthetic
@@ -60,6 +61,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_data_dir(demo)
     demo.set_defaults(run=run_demo)
+
+    backtest = commands.add_parser(
+        "backtest",
+        help="run the weekly flow (training included) for a past week, on data before it",
+    )
+    backtest.add_argument("--week", type=date.fromisoformat, required=True, help="a Monday")
+    backtest.add_argument(
+        "--dataset", choices=["synthetic", "completejourney"], default="synthetic"
+    )
+    backtest.add_argument("--scale", choices=list(synthetic.SCALES), default="demo")
+    backtest.add_argument("--seed", type=int, default=0)
+    add_data_dir(backtest)
+    backtest.set_defaults(run=run_backtest)
     return parser
 
 
@@ -89,6 +103,20 @@ def run_demo(args: argparse.Namespace) -> int:
 
     succeeded = demo(
         args.data_dir, args.dataset, args.scale, args.seed, report, not args.skip_training
+    )
+    return 0 if succeeded else 1
+
+
+def run_backtest(args: argparse.Namespace) -> int:
+    """`backtest`: the weekly flow for a past week, leaving its table in the lake."""
+    from contoso_recs.main_job import demo
+
+    def report(message: str) -> None:
+        sys.stdout.write(message + "\n")
+        sys.stdout.flush()
+
+    succeeded = demo(
+        args.data_dir, args.dataset, args.scale, args.seed, report, week=args.week, backtest=True
     )
     return 0 if succeeded else 1
 

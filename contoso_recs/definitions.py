@@ -7,6 +7,7 @@ import dagster as dg
 
 from contoso_recs.automation.clickstream_sensor import clickstream_sensor
 from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job, train_and_promote_job
+from contoso_recs.automation.weekly import weekly_defs
 from contoso_recs.environment import resolve_environment, resources_for
 from contoso_recs.lake.checks import lake_checks_defs
 from contoso_recs.model.definitions import model_defs
@@ -14,6 +15,7 @@ from contoso_recs.sources.clickstream import clickstream_defs
 from contoso_recs.sources.customers import customers_defs
 from contoso_recs.sources.product_images import product_images_defs
 from contoso_recs.sources.transactions import transactions_defs
+from contoso_recs.weekly_email.assets import weekly_email_defs
 
 
 def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
@@ -25,6 +27,8 @@ def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
         product_images_defs(),
         lake_checks_defs(),
         model_defs(),
+        weekly_email_defs(),
+        weekly_defs(),
         dg.Definitions(
             jobs=[lake_refresh_job, clickstream_job, train_and_promote_job],
             sensors=[clickstream_sensor],

@@ -8,16 +8,26 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import polars as pl
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
 from contoso_recs.automation.clickstream_sensor import contiguous_ranges, hour_fingerprints
-from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job, train_and_promote_job
+from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job
+from contoso_recs.automation.weekly import (
+    RETRAIN_RUN_TAG,
+    WEEK_TAG,
+    retrain_run_config,
+    week_of,
+    weekly_email_job,
+    weekly_retrain_job,
+)
 from contoso_recs.definitions import build_definitions
 from contoso_recs.demo_data import completejourney, layout, synthetic
 from contoso_recs.environment import Environment, local_resources, resolve_environment
@@ -28,6 +38,7 @@ from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandingZone
 from contoso_recs.resources.model_store import ModelStore
 from contoso_recs.settings import ENVIRONMENT_ENV_VAR
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
+from contoso_recs.weekly_email.assets import TABLE as WEEKLY_TABLE
 
 Report = Callable[[str], None]
 # Run logs at INFO: what each step read, loaded, quarantined and wrote.
@@ -59,8 +70,11 @@ def run_main_job(
     instance: dg.DagsterInstance,
     report: Report,
     train_model: bool = True,
+    week: date | None = None,
+    training: dict | None = None,
 ) -> list[StepOutcome]:
-    """Refresh the lake, load every landed hour of product views, then train and promote."""
+    """Refresh the lake, load every landed hour of product views, then the weekly flow: retrain
+    behind the gate and write the top-5 table of `week` (default: the week the data ends in)."""
     outcomes = []
 
     report("Refreshing the lake from the transactional database, the CRM and product images")
@@ -101,17 +115,96 @@ def run_main_job(
     if not train_model or not all(outcome.success for outcome in outcomes):
         return outcomes
 
-    report("Training a candidate model, evaluating it beside the baselines, promoting it")
-    result = definitions.resolve_job_def(train_and_promote_job.name).execute_in_process(
+    week = week or demo_week(definitions.resources["lake"])
+    return outcomes + run_weekly_flow(definitions, instance, report, week, training)
+
+
+def demo_week(lake: Lake) -> date:
+    """The week the data ends in: the Monday on or before the day after the latest order."""
+    latest = lake.scan("orders").select(pl.col("ordered_at").max()).collect().item()
+    if latest is None:
+        raise ValueError("the lake has no orders yet: materialise lake/orders first")
+    return week_of(latest + timedelta(days=1))
+
+
+def run_weekly_flow(
+    definitions: dg.Definitions,
+    instance: dg.DagsterInstance,
+    report: Report,
+    week: date,
+    training: dict | None = None,
+) -> list[StepOutcome]:
+    """What the Monday schedule and its sensor do for `week`: retrain behind the promotion gate,
+    then write the week's top-5 table with whichever model is promoted."""
+    key = week.isoformat()
+    retrain = retrain_run_config(week)
+    retrain["ops"]["model__two_tower_candidate"]["config"].update(training or {})
+    report(
+        f"Week of {key}: training a candidate on orders before "
+        f"{retrain['ops']['model__two_tower_candidate']['config']['cutoff']}, evaluating it on "
+        "the 7 days after, promoting it through the gate"
+    )
+    result = definitions.resolve_job_def(weekly_retrain_job.name).execute_in_process(
         instance=instance,
-        run_config={**RUN_CONFIG, "ops": {"model__two_tower_candidate": {"config": DEMO_TRAINING}}},
+        run_config={**RUN_CONFIG, **retrain},
+        tags={WEEK_TAG: key},
         raise_on_error=False,
     )
     gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
     if gate and not gate[0].passed:
         report(f"The promotion gate stopped the candidate: {gate[0].metadata['failures'].value}")
-    outcomes.append(StepOutcome(train_and_promote_job.name, result.run_id, result.success))
+    outcomes = [StepOutcome(weekly_retrain_job.name, result.run_id, result.success)]
+
+    report(f"Writing the top-5 table for the week of {key} with the promoted model")
+    result = definitions.resolve_job_def(weekly_email_job.name).execute_in_process(
+        instance=instance,
+        run_config=RUN_CONFIG,
+        partition_key=key,
+        tags={RETRAIN_RUN_TAG: result.run_id},
+        raise_on_error=False,
+    )
+    outcomes.append(StepOutcome(weekly_email_job.name, result.run_id, result.success, key))
     return outcomes
+
+
+def weekly_summary(lake: Lake, week: date) -> list[str]:
+    """The week's table: where it is, its size, its reasons, and how it did if the week is known.
+
+    When the lake already holds orders of that week (a backtest), the share of the week's buyers
+    who bought at least one of their 5 products is reported beside the table.
+    """
+    if not lake.exists(WEEKLY_TABLE):
+        return ["No weekly top-5 table has been written."]
+    table = lake.scan(WEEKLY_TABLE).filter(pl.col("week") == week).collect()
+    if table.is_empty():
+        return [f"The weekly top-5 table has no partition for the week of {week}."]
+    reasons = ", ".join(
+        f"{r} {n:,}" for r, n in table.group_by("reason").len().sort("reason").rows()
+    )
+    lines = [
+        f"Weekly top-5 table, week of {week}: {lake.uri(WEEKLY_TABLE)}/week={week}",
+        f"  {table.height:,} rows, {table['customer_id'].n_unique():,} customers, "
+        f"{table['product_id'].n_unique():,} distinct products, model "
+        f"{table['model_version'][0]}",
+        f"  reasons: {reasons}",
+    ]
+    start = datetime.combine(week, datetime.min.time(), tzinfo=UTC)
+    bought = (
+        lake.scan("order_lines")
+        .join(lake.scan("orders"), on="order_id")
+        .filter(pl.col("ordered_at").is_between(start, start + timedelta(days=7), closed="left"))
+        .select("customer_id", "product_id")
+        .unique()
+        .collect()
+    )
+    buyers = bought["customer_id"].n_unique()
+    if buyers:
+        hits = table.join(bought, on=["customer_id", "product_id"]).select("customer_id").n_unique()
+        lines.append(
+            f"  that week {buyers:,} customers ordered; {hits:,} of them "
+            f"({hits / buyers:.1%}) bought at least one of their 5 products"
+        )
+    return lines
 
 
 def model_summary(store: ModelStore) -> list[str]:
@@ -203,8 +296,16 @@ def demo(
     seed: int,
     report: Report,
     train_model: bool = True,
+    week: date | None = None,
+    backtest: bool = False,
 ) -> bool:
-    """Sources → lake on the local environment, reported step by step; True on success."""
+    """Sources → lake → model → the week's top-5 table on the local environment, reported step by
+    step; True on success.
+
+    A backtest (`backtest=True`, `week` in the past) trains with the full number of epochs and
+    keeps its models apart, under models/backtests/<week>, so it never changes which model the
+    live flow has promoted; its table is the week's partition of the lake's weekly table.
+    """
     dagster_home = data_dir / "dagster_home"
     environment = resolve_environment()
     if environment is not Environment.LOCAL:
@@ -213,11 +314,21 @@ def demo(
             f"'{environment}'. Unset it (or set it to 'local') to run the demo."
         )
         return False
+    if week is not None and week.weekday() != 0:
+        report(f"{week} is a {week:%A}: a week starts on a Monday")
+        return False
     prepare_sources(data_dir, dataset, scale, seed, report)
     forget_lake_of_other_sources(data_dir, dagster_home, report)
     instance = local_instance(dagster_home)
     resources = local_resources(data_dir)
-    outcomes = run_main_job(build_definitions(resources), instance, report, train_model)
+    if backtest:
+        resources["model_store"] = ModelStore(
+            root=str(data_dir / "models" / "backtests" / week.isoformat())
+        )
+        report(f"Backtest models are kept in {resources['model_store'].root}")
+    definitions = build_definitions(resources)
+    training = {} if backtest else DEMO_TRAINING
+    outcomes = run_main_job(definitions, instance, report, train_model, week, training)
     if all(outcome.success for outcome in outcomes):
         mirrored_sources_marker(data_dir).write_text(layout.manifest_path(data_dir).read_text())
 
@@ -233,6 +344,10 @@ def demo(
     report("")
     for line in model_summary(resources["model_store"]):
         report(line)
+    if train_model and outcomes[-1].job == weekly_email_job.name:
+        report("")
+        for line in weekly_summary(resources["lake"], date.fromisoformat(outcomes[-1].partitions)):
+            report(line)
     report("")
     report(f"Dagster instance: {dagster_home}")
     report("Open the UI on it with `make ui`, then http://127.0.0.1:3000 (Assets, Runs).")

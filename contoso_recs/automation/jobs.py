@@ -6,16 +6,19 @@ from contoso_recs.lake import keys
 from contoso_recs.model.assets import CANDIDATE, EVALUATION, PROMOTED
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
 
+# What the incremental sources bring; product views arrive hour by hour through their sensor.
+LAKE_REFRESH_ASSETS = (
+    keys.PRODUCTS,
+    keys.ORDERS,
+    keys.ORDER_LINES,
+    keys.CUSTOMERS,
+    keys.PRODUCT_IMAGES,
+    keys.PRODUCT_IMAGE_FEATURES,
+)
+
 lake_refresh_job = dg.define_asset_job(
     "lake_refresh",
-    selection=dg.AssetSelection.assets(
-        keys.PRODUCTS,
-        keys.ORDERS,
-        keys.ORDER_LINES,
-        keys.CUSTOMERS,
-        keys.PRODUCT_IMAGES,
-        keys.PRODUCT_IMAGE_FEATURES,
-    ),
+    selection=dg.AssetSelection.assets(*LAKE_REFRESH_ASSETS),
     description="Bring products, orders, customers and product images up to date in the lake.",
 )
 

@@ -14,7 +14,7 @@ tuned on a validation week that ends at the cutoff, never on the week being pred
 
 import itertools
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
@@ -124,51 +124,112 @@ def candidates(
 ) -> Candidates:
     """Candidates of each customer with model score, popularity, repeat and category strength,
     and ownership. `categories` holds a category code per catalogue position (0: none)."""
-    popularity = _popularity(bought, cutoff, index)
-    repeat = {h: _strength(bought, cutoff, customer_ids, index, h) for h in half_lives}
-    if categories is None:
-        categories = np.zeros(len(index), dtype=np.int64)
-    category_strength = _category_strength(
-        _strength(bought, cutoff, customer_ids, index, CATEGORY_HALF_LIFE_DAYS), categories
+    signals = Signals.of(bought, cutoff, customer_ids, index, categories, half_lives)
+    return signals.pool(
+        np.arange(len(customer_ids)),
+        best_positions(model_scores, MODEL_CANDIDATES),
+        lambda pool: np.take_along_axis(model_scores, np.maximum(pool, 0), axis=1),
     )
-    rows = len(customer_ids)
-    pool = np.concatenate(
-        [
-            best_positions(model_scores, MODEL_CANDIDATES),
-            np.tile(np.argsort(-popularity, kind="stable")[:POPULAR_CANDIDATES], (rows, 1)),
-            _strongest(repeat[max(half_lives)], REPEAT_CANDIDATES),
-            _strongest(repeat[min(half_lives)], REPEAT_CANDIDATES),
-            _category_favourites(category_strength, categories, popularity),
-        ],
-        axis=1,
-    )
-    pool.sort(axis=1)
-    pool[:, 1:][pool[:, 1:] == pool[:, :-1]] = -1
-    safe = np.maximum(pool, 0)
-    owned = _lookup(repeat[max(half_lives)], pool) > 0
-    return Candidates(
-        customer_ids=customer_ids,
-        index=index,
-        positions=pool,
-        model=np.where(pool >= 0, np.take_along_axis(model_scores, safe, axis=1), -np.inf),
-        popularity=np.log1p(popularity[safe]),
-        repeat={h: np.log1p(_lookup(m, pool)) for h, m in repeat.items()},
-        category=np.log1p(np.take_along_axis(category_strength, categories[safe], axis=1)),
-        owned=owned,
-    )
+
+
+@dataclass(frozen=True)
+class Signals:
+    """What the blend knows before the cutoff: store popularity, and per customer (row) the
+    decayed strength of every product they bought, at each repeat half-life."""
+
+    customer_ids: np.ndarray
+    index: ProductIndex
+    popularity: np.ndarray
+    repeat: dict[float, sp.csr_matrix]
+    category_history: sp.csr_matrix
+    categories: np.ndarray
+    favourites: np.ndarray
+
+    @classmethod
+    def of(
+        cls,
+        bought: pl.DataFrame,
+        cutoff: datetime,
+        customer_ids: np.ndarray,
+        index: ProductIndex,
+        categories: np.ndarray | None = None,
+        half_lives: tuple[float, ...] = WEIGHT_GRID["repeat_half_life_days"],
+    ) -> "Signals":
+        if categories is None:
+            categories = np.zeros(len(index), dtype=np.int64)
+        popularity = _popularity(bought, cutoff, index)
+        return cls(
+            customer_ids=customer_ids,
+            index=index,
+            popularity=popularity,
+            repeat={h: _strength(bought, cutoff, customer_ids, index, h) for h in half_lives},
+            category_history=_strength(
+                bought, cutoff, customer_ids, index, CATEGORY_HALF_LIFE_DAYS
+            ),
+            categories=categories,
+            favourites=_category_top_products(categories, popularity),
+        )
+
+    def pool(
+        self,
+        rows: np.ndarray,
+        model_top: np.ndarray,
+        model_score: Callable[[np.ndarray], np.ndarray],
+    ) -> Candidates:
+        """The candidates of the customers at `rows`: `model_top` holds their best products by
+        two-tower score, and `model_score(positions)` scores any (rows x slots) positions."""
+        repeat = {h: m[rows] for h, m in self.repeat.items()}
+        longest, shortest = max(repeat), min(repeat)
+        category_strength = _category_strength(self.category_history[rows], self.categories)
+        pool = np.concatenate(
+            [
+                model_top,
+                np.tile(
+                    np.argsort(-self.popularity, kind="stable")[:POPULAR_CANDIDATES],
+                    (len(rows), 1),
+                ),
+                _strongest(repeat[longest], REPEAT_CANDIDATES),
+                _strongest(repeat[shortest], REPEAT_CANDIDATES),
+                _category_favourites(category_strength, self.favourites),
+            ],
+            axis=1,
+        )
+        pool.sort(axis=1)
+        pool[:, 1:][pool[:, 1:] == pool[:, :-1]] = -1
+        safe = np.maximum(pool, 0)
+        return Candidates(
+            customer_ids=self.customer_ids[rows],
+            index=self.index,
+            positions=pool,
+            model=np.where(pool >= 0, model_score(pool), -np.inf),
+            popularity=np.log1p(self.popularity[safe]),
+            repeat={h: np.log1p(_lookup(m, pool)) for h, m in repeat.items()},
+            category=np.log1p(np.take_along_axis(category_strength, self.categories[safe], axis=1)),
+            owned=_lookup(repeat[longest], pool) > 0,
+        )
+
+
+def contributions(pool: Candidates, config: BlendConfig) -> dict[str, np.ndarray]:
+    """Each term of the blend score per candidate slot: model, repeat, popularity, category."""
+    return {
+        "model": pool.model,
+        "repeat": config.repeat_weight * pool.repeat[config.repeat_half_life_days],
+        "popularity": config.popularity_weight * pool.popularity,
+        "category": config.category_weight * pool.category,
+    }
+
+
+def blend_scores(pool: Candidates, config: BlendConfig) -> np.ndarray:
+    """The blend score of every candidate slot; -inf where it may not be shown."""
+    score = sum(contributions(pool, config).values())
+    if not config.allow_repeats:
+        score = np.where(pool.owned, -np.inf, score)
+    return np.where(pool.positions >= 0, score, -np.inf)
 
 
 def recommend(pool: Candidates, config: BlendConfig, k: int) -> dict[int, list[int]]:
     """Top-k product ids per customer under the blend rule."""
-    score = (
-        pool.model
-        + config.repeat_weight * pool.repeat[config.repeat_half_life_days]
-        + config.popularity_weight * pool.popularity
-        + config.category_weight * pool.category
-    )
-    if not config.allow_repeats:
-        score = np.where(pool.owned, -np.inf, score)
-    score = np.where(pool.positions >= 0, score, -np.inf)
+    score = blend_scores(pool, config)
     best = best_positions(score, k)
     lists = {}
     for row, slots in enumerate(best):
@@ -232,11 +293,9 @@ def _category_strength(strength: sp.csr_matrix, categories: np.ndarray) -> np.nd
     return by_category
 
 
-def _category_favourites(
-    category_strength: np.ndarray, categories: np.ndarray, popularity: np.ndarray
-) -> np.ndarray:
-    """Per customer, the most popular products of their TOP_CATEGORIES strongest categories."""
-    n_categories = category_strength.shape[1]
+def _category_top_products(categories: np.ndarray, popularity: np.ndarray) -> np.ndarray:
+    """Per category code, its CATEGORY_CANDIDATES most popular products (padded with -1)."""
+    n_categories = int(categories.max(initial=0)) + 1
     order = np.lexsort((-popularity, categories))
     sorted_categories = categories[order]
     favourites = np.full((n_categories, CATEGORY_CANDIDATES), -1, dtype=np.int64)
@@ -244,6 +303,11 @@ def _category_favourites(
         start, end = np.searchsorted(sorted_categories, [code, code + 1])
         top = order[start:end][:CATEGORY_CANDIDATES]
         favourites[code, : len(top)] = top
+    return favourites
+
+
+def _category_favourites(category_strength: np.ndarray, favourites: np.ndarray) -> np.ndarray:
+    """Per customer, the most popular products of their TOP_CATEGORIES strongest categories."""
     strongest = np.argsort(-category_strength, axis=1, kind="stable")[:, :TOP_CATEGORIES]
     picked = favourites[strongest].reshape(len(category_strength), -1)
     has_strength = np.take_along_axis(category_strength, strongest, axis=1) > 0

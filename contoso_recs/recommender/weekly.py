@@ -1,0 +1,300 @@
+"""The weekly email: the top products of every customer, from a trained model, chunk by chunk.
+
+No Dagster here, so the same code runs as an Azure ML batch endpoint over mini-batches of
+customers (`WeeklyScorer.score(rows)` for one mini-batch) as well as over the whole customer
+table at once (`weekly_recommendations`).
+
+Everything is as of the start of the week (Monday 00:00 UTC): purchases, profiles, popularity and
+the catalogue before it, so the table for a past week reproduces what would have been sent then.
+Each customer's products are ranked by the shipped blend (`blend.py`): their two-tower top
+products, what they bought before, the store's popular products and the best sellers of their
+favourite categories, scored by one rule. The email team's rules:
+
+- no product twice for a customer, and exactly `k` products each (a customer whose candidates run
+  short is topped up with the week's best sellers they may be shown);
+- no product that is discontinued or not yet on sale at the start of the week;
+- already-bought products only when the blend configuration allows repeats;
+- customers with no purchase before the week still get `k` products: from their profile through
+  the two-tower model and from popularity, marked by the reason code.
+
+Reason codes say which part of the score carried the product: `bought_before`,
+`similar_to_your_purchases`, `popular_with_customers_like_you` (no purchase history: from the
+profile), `popular_in_your_categories` and `popular_now`.
+"""
+
+import logging
+from dataclasses import dataclass
+from datetime import date, datetime
+
+import numpy as np
+import polars as pl
+
+from contoso_recs.recommender import batch_scoring
+from contoso_recs.recommender.blend import (
+    MODEL_CANDIDATES,
+    BlendConfig,
+    Signals,
+    blend_scores,
+    contributions,
+)
+from contoso_recs.recommender.data import (
+    LakeFrames,
+    as_cutoff,
+    before,
+    catalogue,
+    purchases,
+)
+from contoso_recs.recommender.encoding import product_positions
+from contoso_recs.recommender.evaluate import category_codes
+from contoso_recs.recommender.ranking import ProductIndex, best_positions
+from contoso_recs.recommender.train import TrainedModel
+
+log = logging.getLogger(__name__)
+
+K = 5
+# Customers per batch: their candidate pools (about 500 products each) stay near 200 MB.
+CHUNK_CUSTOMERS = 10_000
+SCORE_ROWS = 1024
+BOUGHT_BEFORE = "bought_before"
+SIMILAR = "similar_to_your_purchases"
+LIKE_YOU = "popular_with_customers_like_you"
+IN_YOUR_CATEGORIES = "popular_in_your_categories"
+POPULAR_NOW = "popular_now"
+REASONS = (BOUGHT_BEFORE, SIMILAR, LIKE_YOU, IN_YOUR_CATEGORIES, POPULAR_NOW)
+TABLE_SCHEMA = {
+    "week": pl.Date,
+    "customer_id": pl.Int64,
+    "rank": pl.Int8,
+    "product_id": pl.Int64,
+    "score": pl.Float32,
+    "reason": pl.String,
+    "product_name": pl.String,
+    "price": pl.Float64,
+    "image_ref": pl.String,
+    "model_version": pl.String,
+}
+
+
+def eligible_customers(frames: LakeFrames, as_of: datetime) -> np.ndarray:
+    """Sorted ids of customers known before the week: a profile created, or a purchase made."""
+    profiled = before(frames.customers, as_of, "created_at").select("customer_id")
+    bought = before(purchases(frames), as_of).select("customer_id")
+    ids = pl.concat([profiled, bought]).unique()["customer_id"].sort()
+    return ids.to_numpy().astype(np.int64)
+
+
+@dataclass
+class WeeklyScorer:
+    """Everything the week's scoring needs, prepared once; `score` handles one batch of rows."""
+
+    as_of: datetime
+    config: BlendConfig
+    k: int
+    trained: TrainedModel
+    customer_ids: np.ndarray
+    bought: pl.DataFrame  # purchases before the week, sorted by customer
+    bought_customers: np.ndarray  # the customer_id column of `bought`
+    profiles: pl.DataFrame
+    index: ProductIndex
+    signals: Signals
+    product_vectors: np.ndarray  # catalogue order; zeros for products the model never saw
+    known_to_model: np.ndarray
+    prepared: batch_scoring.PreparedProducts
+    best_sellers: np.ndarray  # catalogue positions, most bought first
+
+    @classmethod
+    def prepare(
+        cls,
+        frames: LakeFrames,
+        trained: TrainedModel,
+        week_start: date | datetime,
+        config: BlendConfig,
+        k: int = K,
+        customer_ids: np.ndarray | None = None,
+    ) -> "WeeklyScorer":
+        as_of = as_cutoff(week_start)
+        products = catalogue(frames, as_of)
+        if products.height < k:
+            raise ValueError(
+                f"only {products.height} products are on sale at {as_of:%Y-%m-%d}: "
+                f"cannot recommend {k} to each customer"
+            )
+        index = ProductIndex(products["product_id"].to_numpy().astype(np.int64))
+        bought = before(purchases(frames), as_of).sort("customer_id", "at")
+        if customer_ids is None:
+            customer_ids = eligible_customers(frames, as_of)
+        positions = product_positions(trained.vocab, index.product_ids)
+        known = positions > 0
+        vectors = trained.product_vectors()[positions]
+        vectors[~known] = 0.0
+        half_lives = (config.repeat_half_life_days,)
+        signals = Signals.of(
+            bought, as_of, customer_ids, index, category_codes(products), half_lives
+        )
+        log.info(
+            "weekly scoring as of %s: %d customers, %d products on sale (%d known to the model)",
+            f"{as_of:%Y-%m-%d}",
+            len(customer_ids),
+            len(index),
+            int(known.sum()),
+        )
+        return cls(
+            as_of=as_of,
+            config=config,
+            k=k,
+            trained=trained,
+            customer_ids=customer_ids,
+            bought=bought,
+            bought_customers=bought["customer_id"].to_numpy(),
+            profiles=before(frames.customers, as_of, "created_at"),
+            index=index,
+            signals=signals,
+            product_vectors=vectors,
+            known_to_model=known,
+            prepared=batch_scoring.prepare_products(vectors, exclude_for_all=~known),
+            best_sellers=np.argsort(-signals.popularity, kind="stable"),
+        )
+
+    def score(self, rows: np.ndarray) -> pl.DataFrame:
+        """The top-k rows (customer_id, rank, product_id, score, reason) of customers `rows`."""
+        ids = self.customer_ids[rows]
+        start, stop = np.searchsorted(self.bought_customers, [ids[0], ids[-1] + 1])
+        history = self.bought.slice(start, stop - start)
+        vectors = self.trained.customer_vectors(history, self.profiles, ids, self.as_of)
+        owned = self.signals.repeat[self.config.repeat_half_life_days][rows]
+        model_top, _ = batch_scoring.top_k(
+            vectors,
+            self.prepared,
+            min(MODEL_CANDIDATES, self.prepared.count) or 1,
+            exclude=None if self.config.allow_repeats else (owned.indptr, owned.indices),
+        )
+        model_top = model_top.astype(np.int64)
+
+        def model_score(pool: np.ndarray) -> np.ndarray:
+            safe = np.maximum(pool, 0)
+            scores = np.empty(pool.shape, dtype=np.float32)
+            for first in range(0, len(pool), SCORE_ROWS):
+                part = slice(first, first + SCORE_ROWS)
+                gathered = self.product_vectors[safe[part]]
+                scores[part] = np.einsum("rd,rsd->rs", vectors[part], gathered)
+            return np.where(self.known_to_model[safe], scores, -np.inf)
+
+        pool = self.signals.pool(rows, model_top, model_score)
+        scores = blend_scores(pool, self.config)
+        slots = best_positions(scores, self.k)
+        chosen = np.take_along_axis(pool.positions, slots, axis=1)
+        chosen_scores = np.take_along_axis(scores, slots, axis=1)
+        reasons = self._reasons(pool, slots, has_history=np.diff(owned.indptr) > 0)
+        short = ~np.isfinite(chosen_scores)
+        if short.any():
+            self._top_up(chosen, chosen_scores, reasons, short, owned)
+        return pl.DataFrame(
+            {
+                "customer_id": np.repeat(ids, self.k),
+                "rank": np.tile(np.arange(1, self.k + 1, dtype=np.int8), len(ids)),
+                "product_id": self.index.product_ids[chosen.ravel()],
+                "score": chosen_scores.ravel().astype(np.float32),
+                "reason": np.asarray(REASONS)[reasons.ravel()],
+            }
+        )
+
+    def _reasons(self, pool, slots: np.ndarray, has_history: np.ndarray) -> np.ndarray:
+        """Index into REASONS per chosen slot: the score term that lifted the product most.
+
+        A term's lift is its value for the product minus its median over the customer's
+        candidates, so a term that is large for every candidate (popularity) does not claim
+        every product.
+        """
+        lifts = []
+        for name in ("model", "category", "popularity"):
+            value = contributions(pool, self.config)[name]
+            finite = np.where(np.isfinite(value) & (pool.positions >= 0), value, np.nan)
+            typical = np.nan_to_num(np.nanmedian(finite, axis=1, keepdims=True))
+            lifts.append(np.take_along_axis(value, slots, axis=1) - typical)
+        leading = np.argmax(np.nan_to_num(np.stack(lifts), nan=-np.inf), axis=0)
+        from_model = np.where(has_history[:, None], REASONS.index(SIMILAR), REASONS.index(LIKE_YOU))
+        reasons = np.choose(
+            leading,
+            [
+                from_model,
+                np.full(slots.shape, REASONS.index(IN_YOUR_CATEGORIES)),
+                np.full(slots.shape, REASONS.index(POPULAR_NOW)),
+            ],
+        )
+        owned = np.take_along_axis(pool.owned, slots, axis=1)
+        return np.where(owned, REASONS.index(BOUGHT_BEFORE), reasons)
+
+    def _top_up(
+        self,
+        chosen: np.ndarray,
+        chosen_scores: np.ndarray,
+        reasons: np.ndarray,
+        short: np.ndarray,
+        owned,
+    ) -> None:
+        """Fill the empty slots of a row with the week's best sellers it may be shown."""
+        popularity_term = self.config.popularity_weight * np.log1p(self.signals.popularity)
+        for row in np.flatnonzero(short.any(axis=1)):
+            taken = set(chosen[row, ~short[row]].tolist())
+            if not self.config.allow_repeats:
+                taken |= set(owned.indices[owned.indptr[row] : owned.indptr[row + 1]].tolist())
+            fill = [p for p in self.best_sellers[: len(taken) + self.k] if p not in taken]
+            if len(fill) < short[row].sum():
+                fill = [p for p in self.best_sellers if p not in taken]
+            for slot, position in zip(np.flatnonzero(short[row]), fill, strict=False):
+                chosen[row, slot] = position
+                chosen_scores[row, slot] = popularity_term[position]
+                reasons[row, slot] = REASONS.index(POPULAR_NOW)
+            if (chosen_scores[row] == -np.inf).any():
+                raise ValueError(
+                    f"fewer than {self.k} products may be shown to a customer: the catalogue "
+                    "on sale is too small for the repurchase policy"
+                )
+
+
+def weekly_recommendations(
+    frames: LakeFrames,
+    trained: TrainedModel,
+    week_start: date | datetime,
+    config: BlendConfig,
+    model_version: str,
+    k: int = K,
+    chunk_customers: int = CHUNK_CUSTOMERS,
+    image_refs: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """The week's table: k rows per eligible customer, with product name, price and image.
+
+    `image_refs` maps product_id to image_ref (where the email system finds the picture).
+    """
+    scorer = WeeklyScorer.prepare(frames, trained, week_start, config, k)
+    n = len(scorer.customer_ids)
+    parts = []
+    for start in range(0, n, chunk_customers):
+        parts.append(scorer.score(np.arange(start, min(start + chunk_customers, n))))
+        log.info("scored %d of %d customers", min(start + chunk_customers, n), n)
+    ranked = (
+        pl.concat(parts)
+        if parts
+        else pl.DataFrame(
+            schema={c: TABLE_SCHEMA[c] for c in ("customer_id", "rank", "product_id", "score")}
+            | {"reason": pl.String}
+        )
+    )
+    details = frames.products.select(
+        "product_id", pl.col("name").alias("product_name"), "price"
+    ).join(
+        image_refs if image_refs is not None else pl.DataFrame(schema={"product_id": pl.Int64}),
+        on="product_id",
+        how="left",
+    )
+    if "image_ref" not in details.columns:
+        details = details.with_columns(pl.lit(None, dtype=pl.String).alias("image_ref"))
+    return (
+        ranked.join(details, on="product_id", how="left")
+        .with_columns(
+            pl.lit(scorer.as_of.date()).alias("week"),
+            pl.lit(model_version).alias("model_version"),
+        )
+        .select([pl.col(c).cast(t) for c, t in TABLE_SCHEMA.items()])
+        .sort("customer_id", "rank")
+    )

@@ -1,0 +1,201 @@
+"""The weekly top-5 rules, on a hand-built lake and a really trained tiny model."""
+
+from dataclasses import replace
+from datetime import timedelta
+
+import polars as pl
+import pytest
+
+from contoso_recs.recommender.blend import SHIPPED_BLENDS, BlendConfig
+from contoso_recs.recommender.data import LakeFrames
+from contoso_recs.recommender.train import train
+from contoso_recs.recommender.weekly import (
+    BOUGHT_BEFORE,
+    LIKE_YOU,
+    POPULAR_NOW,
+    REASONS,
+    eligible_customers,
+    weekly_recommendations,
+)
+from contoso_recs_tests.test_recommender_training import CUTOFF, TINY, UTC_US, synthetic_lake
+
+WEEK = CUTOFF  # a Monday: the lake's orders all fall before it
+COLD = 40  # a profile, no order
+LATE_PROFILE = 41  # a profile created during the week
+DISCONTINUED, NOT_YET_ON_SALE = 11, 12
+
+
+def weekly_lake() -> LakeFrames:
+    """The two-taste lake plus a discontinued product, one launched during the week, a customer
+    with a profile and no order, and one whose profile is created during the week."""
+    frames = synthetic_lake()
+    extra_products = pl.DataFrame(
+        {
+            "product_id": [DISCONTINUED, NOT_YET_ON_SALE],
+            "name": ["dairy item old", "dairy item new"],
+            "department": ["dairy", "dairy"],
+            "category": ["milk", "milk"],
+            "brand": ["National", "National"],
+            "price": [1.5, 1.5],
+            "introduced_at": pl.Series([None, WEEK + timedelta(days=2)], dtype=UTC_US),
+            "discontinued": [True, False],
+        }
+    )
+    # The discontinued product was the dairy customers' favourite until it left the catalogue.
+    lines = frames.order_lines.with_columns(
+        pl.when((pl.col("product_id") == 1) & (pl.col("line_number") == 1))
+        .then(DISCONTINUED)
+        .otherwise(pl.col("product_id"))
+        .alias("product_id")
+    )
+    customers = pl.concat(
+        [
+            frames.customers,
+            pl.DataFrame(
+                {
+                    "customer_id": [COLD, LATE_PROFILE],
+                    "age_band": ["35-44", "35-44"],
+                    "income_band": ["50-74K", "50-74K"],
+                    "household_size": [2, 2],
+                    "created_at": pl.Series(
+                        [WEEK - timedelta(days=3), WEEK + timedelta(days=1)], dtype=UTC_US
+                    ),
+                }
+            ),
+        ]
+    )
+    return replace(
+        frames,
+        products=pl.concat([frames.products, extra_products]),
+        order_lines=lines,
+        customers=customers,
+    )
+
+
+@pytest.fixture(scope="module")
+def lake() -> LakeFrames:
+    return weekly_lake()
+
+
+@pytest.fixture(scope="module")
+def trained(lake):
+    return train(lake, WEEK - timedelta(days=7), replace(TINY, epochs=2))
+
+
+def table(lake, trained, blend: BlendConfig = SHIPPED_BLENDS["A"]) -> pl.DataFrame:
+    return weekly_recommendations(lake, trained, WEEK, blend, "v1", chunk_customers=16)
+
+
+def bought_before_week(lake: LakeFrames) -> pl.DataFrame:
+    return (
+        lake.order_lines.join(lake.orders, on="order_id")
+        .filter(pl.col("ordered_at") < WEEK)
+        .select("customer_id", "product_id")
+        .unique()
+    )
+
+
+def test_every_customer_known_before_the_week_gets_exactly_5_distinct_products(lake, trained):
+    rows = table(lake, trained)
+
+    expected = set(range(40)) | {COLD}
+    assert set(eligible_customers(lake, WEEK).tolist()) == expected
+    per_customer = rows.group_by("customer_id").agg(
+        pl.len().alias("rows"),
+        pl.col("product_id").n_unique().alias("products"),
+        pl.col("rank").sort().alias("ranks"),
+    )
+    assert set(per_customer["customer_id"]) == expected
+    assert per_customer["rows"].unique().to_list() == [5]
+    assert per_customer["products"].unique().to_list() == [5]
+    assert all(ranks.to_list() == [1, 2, 3, 4, 5] for ranks in per_customer["ranks"])
+
+
+def test_no_discontinued_product_nor_one_not_yet_on_sale_is_recommended(lake, trained):
+    for blend in SHIPPED_BLENDS.values():
+        shown = set(table(lake, trained, blend)["product_id"])
+        assert DISCONTINUED not in shown
+        assert NOT_YET_ON_SALE not in shown
+
+
+def test_already_bought_products_appear_only_when_the_blend_allows_repeats(lake, trained):
+    owned = bought_before_week(lake)
+    discovery = table(lake, trained, SHIPPED_BLENDS["B"])
+    any_product = table(lake, trained, SHIPPED_BLENDS["A"])
+
+    assert discovery.join(owned, on=["customer_id", "product_id"]).is_empty()
+    repeats = any_product.join(owned, on=["customer_id", "product_id"])
+    assert repeats.height > 0
+    assert set(repeats["reason"]) == {BOUGHT_BEFORE}
+    others = any_product.join(owned, on=["customer_id", "product_id"], how="anti")
+    assert BOUGHT_BEFORE not in set(others["reason"])
+
+
+def test_a_customer_without_purchases_gets_products_from_profile_or_popularity(lake, trained):
+    rows = table(lake, trained).filter(pl.col("customer_id") == COLD)
+
+    assert rows.height == 5
+    assert set(rows["reason"]) <= {LIKE_YOU, POPULAR_NOW}
+
+
+def test_rows_carry_name_price_image_and_model_version(lake, trained):
+    # Pictures for the dairy products only: bakery rows have no image reference.
+    images = pl.DataFrame(
+        {
+            "product_id": [1, 2, 3, 4, 5],
+            "image_ref": [f"product-images/{p}.png" for p in range(1, 6)],
+        }
+    )
+    rows = weekly_recommendations(lake, trained, WEEK, SHIPPED_BLENDS["A"], "v1", image_refs=images)
+
+    assert set(rows["reason"]) <= set(REASONS)
+    assert rows["model_version"].unique().to_list() == ["v1"]
+    assert rows["week"].unique().to_list() == [WEEK.date()]
+    named = rows.join(lake.products.select("product_id", "name", "price"), on="product_id")
+    assert (named["product_name"] == named["name"]).all()
+    assert (named["price"] == named["price_right"]).all()
+    dairy = rows.filter(pl.col("product_id") <= 5)
+    assert dairy.height > 0
+    assert (
+        dairy["image_ref"] == "product-images/" + dairy["product_id"].cast(pl.String) + ".png"
+    ).all()
+    assert rows.filter(pl.col("product_id") > 5)["image_ref"].is_null().all()
+
+
+def test_orders_from_the_week_on_change_nothing_and_the_table_is_reproducible(lake, trained):
+    late_order = pl.DataFrame(
+        {
+            "order_id": [10_000],
+            "customer_id": [0],
+            "store_id": [1],
+            "channel": ["store"],
+            "ordered_at": pl.Series([WEEK], dtype=UTC_US),
+            "modified_at": pl.Series([WEEK], dtype=UTC_US),
+        }
+    )
+    late_lines = pl.DataFrame(
+        {
+            "order_id": [10_000] * 5,
+            "line_number": [1, 2, 3, 4, 5],
+            "product_id": [6, 7, 8, 9, 10],
+            "quantity": [3] * 5,
+            "amount": [2.0] * 5,
+            "modified_at": pl.Series([WEEK] * 5, dtype=UTC_US),
+        }
+    )
+    later = replace(
+        lake,
+        orders=pl.concat([lake.orders, late_order]),
+        order_lines=pl.concat([lake.order_lines, late_lines]),
+    )
+
+    first = table(lake, trained)
+    assert table(lake, trained).equals(first)
+    assert table(later, trained).equals(first)
+
+
+def test_a_catalogue_too_small_for_the_repurchase_policy_is_a_clear_error(lake, trained):
+    small = replace(lake, products=lake.products.filter(pl.col("product_id") <= 6))
+
+    with pytest.raises(ValueError, match="fewer than 5 products may be shown"):
+        table(small, trained, SHIPPED_BLENDS["B"])
