@@ -9,7 +9,7 @@ SCALE ?= demo
 export CONTOSO_RECS_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: setup system-deps demo demo-completejourney ui test lint format evaluate bench clean
+.PHONY: setup system-deps demo demo-completejourney backtest ui test lint format evaluate bench clean
 
 setup: $(VENV)/.installed
 
@@ -33,6 +33,15 @@ demo: setup
 ## The same main job on The Complete Journey (real grocery data).
 demo-completejourney:
 	$(MAKE) demo DATASET=completejourney
+
+## The weekly flow for a past week, training included, on the data from before it:
+##   make backtest WEEK=2017-12-04 DATASET=completejourney   (or the demo data: make backtest WEEK=2026-11-23)
+## The Complete Journey goes to data/completejourney (as for make evaluate), the demo data to data/.
+BACKTEST_DIR = $(if $(filter completejourney,$(DATASET)),$(CURDIR)/data/completejourney,$(CONTOSO_RECS_DATA_DIR))
+backtest: setup
+	@test -n "$(WEEK)" || { echo "usage: make backtest WEEK=YYYY-MM-DD (a Monday) [DATASET=completejourney]"; exit 2; }
+	$(PY) -m contoso_recs.cli backtest --week $(WEEK) --dataset $(DATASET) --scale $(SCALE) \
+		--data-dir $(BACKTEST_DIR)
 
 ## The Dagster UI on http://127.0.0.1:3000 over the same instance the demo used.
 ui: setup

@@ -50,6 +50,18 @@ def test_hand_built_top_3_is_exact() -> None:
     np.testing.assert_allclose(scores, expected, rtol=1e-6)
 
 
+def test_hand_built_top_5_is_exact() -> None:
+    customers = np.array([[0.6, 0.0, 0.8], [0.6, 0.8, 0.0]], dtype=np.float32)
+
+    indices, scores = top_k(customers, PRODUCTS, k=5)
+
+    # by hand: (0.6, 0, 0.8) scores 0.6, 0.48, 0.36, 0, 0.8 * sqrt(0.75), -0.6;
+    # (0.6, 0.8, 0) scores 0.6, 0.96, 1.0, 0.8, 0.4, -0.6
+    assert indices.tolist() == [[4, 0, 1, 2, 3], [2, 1, 3, 0, 4]]
+    expected = [[0.8 * 0.75**0.5, 0.6, 0.48, 0.36, 0.0], [1.0, 0.96, 0.8, 0.6, 0.4]]
+    np.testing.assert_allclose(scores, expected, rtol=1e-6, atol=1e-7)
+
+
 def test_k_beyond_the_allowed_products_pads_with_minus_one_and_minus_inf() -> None:
     discontinued = np.array([False, True, False, True, True, True])
 

@@ -14,7 +14,7 @@ import dagster as dg
 
 from contoso_recs.automation.jobs import LAKE_REFRESH_ASSETS
 from contoso_recs.model.assets import CANDIDATE, EVALUATION, HOLDOUT_DAYS, PROMOTED
-from contoso_recs.weekly_email.assets import WEEKLY_PARTITIONS, WEEKLY_TOP5
+from contoso_recs.weekly_email.assets import WEEKLY_PARTITIONS, WEEKLY_TOP5, freshness_checks
 
 WEEK_TAG = "contoso_recs/week"
 RETRAIN_RUN_TAG = "contoso_recs/retrain_run"
@@ -31,7 +31,8 @@ weekly_retrain_job = dg.define_asset_job(
 
 weekly_email_job = dg.define_asset_job(
     "weekly_email",
-    selection=dg.AssetSelection.assets(WEEKLY_TOP5),
+    # The freshness check runs from its own sensor, at the deadline, not when the table is written.
+    selection=dg.AssetSelection.assets(WEEKLY_TOP5) - dg.AssetSelection.checks(*freshness_checks),
     partitions_def=WEEKLY_PARTITIONS,
     description="Write the week's top-5 table with the promoted model.",
 )

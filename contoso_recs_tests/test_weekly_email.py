@@ -1,0 +1,186 @@
+"""The weekly flow on a real ephemeral Dagster instance: schedule, retraining, sensor, table."""
+
+from datetime import UTC, date, datetime
+
+import dagster as dg
+import polars as pl
+import pytest
+from dagster._core.test_utils import freeze_time
+
+from contoso_recs.automation.weekly import (
+    RETRAIN_RUN_TAG,
+    WEEK_TAG,
+    weekly_email_job,
+    weekly_email_sensor,
+    weekly_retrain_job,
+    weekly_schedule,
+)
+from contoso_recs.definitions import build_definitions
+from contoso_recs.environment import local_resources
+from contoso_recs.lake import keys
+from contoso_recs.main_job import demo
+from contoso_recs.model.assets import CANDIDATE, EVALUATION, PROMOTED
+from contoso_recs.weekly_email.assets import TABLE, WEEKLY_TOP5, freshness_checks
+from contoso_recs_tests.conftest import materialization
+
+MONDAY_3AM = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)
+WEEK = "2026-11-30"  # the tiny demo's orders end on Sunday 2026-11-29
+
+
+@pytest.fixture(scope="module")
+def tiny_lake(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("weekly")
+    assert demo(data_dir, "synthetic", "tiny", 0, lambda _: None, train_model=False)
+    return data_dir
+
+
+def definitions_for(data_dir) -> dg.Definitions:
+    return build_definitions(local_resources(data_dir))
+
+
+def run_request(result) -> dg.RunRequest:
+    requests = list(result) if not isinstance(result, dg.RunRequest) else [result]
+    assert len(requests) == 1
+    return requests[0]
+
+
+def retrain(definitions, instance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    # Two epochs, as the demo trains: on the tiny lake that beats popularity on both tasks.
+    config = request.run_config
+    config["ops"]["model__two_tower_candidate"]["config"].update({"epochs": 2, "threads": 1})
+    return definitions.resolve_job_def(weekly_retrain_job.name).execute_in_process(
+        instance=instance, run_config=config, tags=request.tags, raise_on_error=False
+    )
+
+
+def sensor_requests(definitions, instance, cursor=None) -> tuple[list[dg.RunRequest], str]:
+    context = dg.build_sensor_context(instance=instance, definitions=definitions, cursor=cursor)
+    requests = list(weekly_email_sensor(context) or [])
+    return requests, context.cursor
+
+
+def write_week(definitions, instance, request: dg.RunRequest) -> dg.ExecuteInProcessResult:
+    return definitions.resolve_job_def(weekly_email_job.name).execute_in_process(
+        instance=instance,
+        partition_key=request.partition_key,
+        tags=request.tags,
+        raise_on_error=False,
+    )
+
+
+def checks(result: dg.ExecuteInProcessResult) -> dict[str, bool]:
+    return {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+
+
+def week_rows(data_dir) -> pl.DataFrame:
+    lake = local_resources(data_dir)["lake"]
+    return lake.read(TABLE).filter(pl.col("week") == datetime.fromisoformat(WEEK).date())
+
+
+def test_the_jobs_cover_refresh_and_model_then_the_weekly_table(tiny_lake):
+    graph = definitions_for(tiny_lake).resolve_asset_graph()
+
+    retrained = weekly_retrain_job.selection.resolve(graph)
+    assert {CANDIDATE, EVALUATION, PROMOTED, keys.ORDERS, keys.CUSTOMERS} <= retrained
+    assert WEEKLY_TOP5 not in retrained
+    assert weekly_email_job.selection.resolve(graph) == {WEEKLY_TOP5}
+
+
+def test_monday_schedule_retrains_on_data_before_the_week_and_tags_the_week(instance):
+    context = dg.build_schedule_context(instance=instance, scheduled_execution_time=MONDAY_3AM)
+
+    request = run_request(weekly_schedule(context))
+
+    assert request.tags[WEEK_TAG] == WEEK
+    assert request.run_key == WEEK
+    candidate = request.run_config["ops"]["model__two_tower_candidate"]["config"]
+    assert candidate["cutoff"] == "2026-11-23"
+
+
+def test_the_week_is_written_after_retraining_and_again_with_the_old_model_if_the_gate_fails(
+    tiny_lake, instance
+):
+    definitions = definitions_for(tiny_lake)
+    store = local_resources(tiny_lake)["model_store"]
+    schedule_context = dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=MONDAY_3AM
+    )
+    retrained = retrain(definitions, instance, run_request(weekly_schedule(schedule_context)))
+    assert retrained.success
+    promoted = store.current_version()
+    assert promoted == materialization(retrained, "model", "two_tower_candidate")["model_version"]
+
+    requests, cursor = sensor_requests(definitions, instance)
+    assert [(r.partition_key, r.tags[RETRAIN_RUN_TAG]) for r in requests] == [
+        (WEEK, retrained.run_id)
+    ]
+    assert sensor_requests(definitions, instance, cursor)[0] == []
+    written = write_week(definitions, instance, requests[0])
+    assert written.success
+    assert checks(written) == {
+        "five_per_customer": True,
+        "no_duplicate_products": True,
+        "products_on_sale": True,
+    }
+    metadata = materialization(written, "lake", "weekly_top5")
+    assert metadata["model_version"] == promoted
+    assert metadata["customers"] * 5 == metadata["dagster/partition_row_count"]
+    first = week_rows(tiny_lake)
+    assert first["model_version"].unique().to_list() == [promoted]
+
+    # The same week again, reproduced exactly, replacing the partition rather than adding to it.
+    assert write_week(definitions, instance, requests[0]).success
+    assert (
+        week_rows(tiny_lake).sort("customer_id", "rank").equals(first.sort("customer_id", "rank"))
+    )
+
+    # A bar no candidate can clear: the next retraining fails the gate, the week is still written.
+    card = store.card(promoted)
+    for task in ("A", "B"):
+        for metric in ("hr@5", "ndcg@5"):
+            card["evaluation"][task]["blend"][metric] = 2.0
+    store.write_card(promoted, card)
+    failed = retrain(definitions, instance, run_request(weekly_schedule(schedule_context)))
+    assert not failed.success
+    assert store.current_version() == promoted
+
+    requests, _ = sensor_requests(definitions, instance, cursor)
+    assert [(r.partition_key, r.tags[RETRAIN_RUN_TAG]) for r in requests] == [(WEEK, failed.run_id)]
+    rewritten = write_week(definitions, instance, requests[0])
+    assert rewritten.success
+    metadata = materialization(rewritten, "lake", "weekly_top5")
+    assert metadata["model_version"] == promoted
+    assert "was not promoted" in metadata["promotion"]
+    assert "does not beat" in metadata["promotion"] or "below the promoted" in metadata["promotion"]
+
+
+def test_the_freshness_check_wants_this_weeks_partition_after_monday_9am(tiny_lake, instance):
+    definitions = dg.Definitions.merge(
+        definitions_for(tiny_lake),
+        dg.Definitions(
+            jobs=[
+                dg.define_asset_job(
+                    "freshness", selection=dg.AssetSelection.checks(*freshness_checks)
+                )
+            ]
+        ),
+    )
+    freshness = definitions.resolve_job_def("freshness")
+    friday = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+
+    with freeze_time(friday):
+        before = freshness.execute_in_process(instance=instance, raise_on_error=False)
+    assert list(checks(before).values()) == [False]
+
+    instance.report_runless_asset_event(dg.AssetMaterialization(WEEKLY_TOP5, partition=WEEK))
+    with freeze_time(friday):
+        after = freshness.execute_in_process(instance=instance, raise_on_error=False)
+    assert list(checks(after).values()) == [True]
+
+
+def test_a_backtest_week_must_be_a_monday(tmp_path):
+    said = []
+
+    assert not demo(tmp_path, "synthetic", "tiny", 0, said.append, week=date(2026, 11, 24))
+    assert said == ["2026-11-24 is a Tuesday: a week starts on a Monday"]
+    assert not (tmp_path / "sources").exists()
