@@ -163,8 +163,23 @@ def run_weekly_flow(
         tags={RETRAIN_RUN_TAG: result.run_id},
         raise_on_error=False,
     )
+    for failure in step_failures(result):
+        report(f"The top-5 table for the week of {key} was not written: {failure}")
     outcomes.append(StepOutcome(weekly_email_job.name, result.run_id, result.success, key))
     return outcomes
+
+
+def step_failures(result: dg.ExecuteInProcessResult) -> list[str]:
+    """What went wrong in each failed step of a run: the innermost error's message."""
+    messages = []
+    for event in result.all_events:
+        if not event.is_step_failure or event.step_failure_data.error is None:
+            continue
+        error = event.step_failure_data.error
+        while error.cause is not None:
+            error = error.cause
+        messages.append(error.message.strip())
+    return messages
 
 
 def weekly_summary(lake: Lake, week: date) -> list[str]:

@@ -96,7 +96,10 @@ def weekly_top5(
         raise ValueError(f"blend must be one of {sorted(SHIPPED_BLENDS)}, not {config.blend!r}")
     version = model_store.current_version()
     if version is None:
-        raise ValueError("no model has been promoted yet: run the train_and_promote job first")
+        raise ValueError(
+            f"no model has been promoted in {model_store.root} yet (a candidate becomes the "
+            "promoted model only through the promotion gate): no table can be written"
+        )
     card = model_store.card(version)
     if date.fromisoformat(card["cutoff"]) > week.date():
         raise ValueError(
