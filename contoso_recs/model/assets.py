@@ -146,7 +146,10 @@ def evaluation(
     chart = model_store.version_dir(version) / "evaluation.png"
     write_chart({"lake": {card["cutoff"]: results}}, chart)
     (model_store.version_dir(version) / "evaluation.json").write_text(json.dumps(results, indent=2))
-    model_store.update_card(version, evaluation={t: results[t] for t in ("A", "B")})
+    promoted = promoted_on_same_week(context, lake, model_store, version, card)
+    model_store.update_card(
+        version, evaluation={t: results[t] for t in ("A", "B")}, promoted_same_week=promoted
+    )
 
     metrics = {
         f"{task}/{method}/{metric}": dg.MetadataValue.float(float(value))
@@ -158,14 +161,64 @@ def evaluation(
         f"model {version}: blend task A hr@5 {results['A']['blend']['hr@5']:.3f}, "
         f"task B hr@5 {results['B']['blend']['hr@5']:.3f}"
     )
+    comparison = (
+        {
+            f"promoted/{task}/{metric}": dg.MetadataValue.float(float(value))
+            for task, figures in promoted["blend"].items()
+            for metric, value in figures.items()
+        }
+        if promoted
+        else {}
+    )
     return dg.MaterializeResult(
         metadata={
+            **comparison,
+            "promoted_version": dg.MetadataValue.text(promoted["version"] if promoted else ""),
             "model_version": dg.MetadataValue.text(version),
             "test_customers": dg.MetadataValue.int(int(results.get("test_customers", 0))),
             "report": dg.MetadataValue.md(evaluation_markdown(results, chart)),
             **metrics,
         }
     )
+
+
+def promoted_on_same_week(
+    context: dg.AssetExecutionContext,
+    lake: Lake,
+    model_store: ModelStore,
+    candidate: str,
+    card: dict,
+) -> dict | None:
+    """The promoted model's blend figures on the candidate's own holdout week, so the gate
+    compares like with like (a week's figures move by more than the gate's tolerance).
+
+    None when nothing is promoted yet, or when the promoted model was trained past the
+    candidate's cutoff (it would have seen the holdout week); the gate then falls back to the
+    figures recorded when that model was promoted.
+    """
+    from contoso_recs.recommender.evaluate import evaluate_blends
+
+    current = model_store.current_version()
+    if current is None or current == candidate:
+        return None
+    promoted_cutoff = model_store.card(current)["cutoff"]
+    if promoted_cutoff > card["cutoff"]:
+        context.log.warning(
+            f"the promoted model {current} was trained on orders up to {promoted_cutoff}, past "
+            f"this candidate's cutoff {card['cutoff']}: the gate uses its recorded figures"
+        )
+        return None
+    figures = evaluate_blends(
+        lake.root_uri,
+        model_store.version_dir(current),
+        date.fromisoformat(card["cutoff"]),
+        card["lake_versions"],
+    )
+    context.log.info(
+        f"promoted model {current} on the same week: task A hr@5 {figures['A']['hr@5']:.3f}, "
+        f"task B hr@5 {figures['B']['hr@5']:.3f}"
+    )
+    return {"version": current, "blend": figures}
 
 
 def evaluation_markdown(results: dict, chart: Path) -> str:

@@ -39,6 +39,21 @@ def gate_failures(
     return failures
 
 
+def promoted_figures(
+    model_store: ModelStore, card: dict, current: str | None
+) -> tuple[dict | None, str]:
+    """What the candidate is held against: the promoted model's blend on the candidate's own
+    holdout week when the evaluation measured it, else the figures recorded at its promotion."""
+    if current is None:
+        return None, "no model promoted yet"
+    same_week = card.get("promoted_same_week")
+    if same_week and same_week["version"] == current:
+        return {
+            task: {SHIPPED_METHOD: figures} for task, figures in same_week["blend"].items()
+        }, f"{current} on the candidate's holdout week ({card['cutoff']})"
+    return model_store.card(current).get("evaluation"), f"{current} as recorded at its promotion"
+
+
 @dg.asset_check(
     asset=EVALUATION,
     name="promotion_gate",
@@ -48,15 +63,16 @@ def gate_failures(
 )
 def promotion_gate(context: dg.AssetCheckExecutionContext, model_store: ModelStore):
     version = candidate_version(context)
-    candidate = model_store.card(version)["evaluation"]
+    card = model_store.card(version)
     current = model_store.current_version()
-    promoted = model_store.card(current).get("evaluation") if current else None
-    failures = gate_failures(candidate, promoted)
+    promoted, basis = promoted_figures(model_store, card, current)
+    failures = gate_failures(card["evaluation"], promoted)
     return dg.AssetCheckResult(
         passed=not failures,
         metadata={
             "candidate_version": dg.MetadataValue.text(version),
             "promoted_version": dg.MetadataValue.text(current or "none yet"),
+            "promoted_figures": dg.MetadataValue.text(basis),
             "failures": dg.MetadataValue.json(failures),
         },
     )

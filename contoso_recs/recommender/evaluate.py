@@ -206,6 +206,32 @@ def evaluate_bundle(
     )
 
 
+def evaluate_blends(
+    lake_root: str,
+    bundle_dir: str | Path,
+    cutoff: str | date | datetime,
+    versions: dict[str, int] | None = None,
+    blends: dict[str, blend.BlendConfig] | None = None,
+) -> dict[str, dict[str, float]]:
+    """The shipped blend's overall metrics per task for a saved model on the week from `cutoff`:
+    how an already promoted model does on a candidate's holdout, for a like-for-like gate."""
+    frames = read_lake(lake_root, versions)
+    bought = purchases(frames)
+    test = holdout(frames, bought, as_cutoff(cutoff))
+    _, pool = model_pool(TrainedModel.load(bundle_dir), frames, bought, test)
+    blends = blends or blend.SHIPPED_BLENDS
+    return {
+        task: evaluate_task(
+            blend.recommend(pool, blends[task], LIST_LENGTH),
+            test.targets(task),
+            test.bought_before,
+            test.segments,
+            len(test.index),
+        )[0]
+        for task in TASKS
+    }
+
+
 def evaluate(
     frames: LakeFrames, cutoffs: list[datetime], config: TwoTowerConfig | None = None
 ) -> dict[str, dict]:
