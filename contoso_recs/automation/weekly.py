@@ -21,6 +21,7 @@ RETRAIN_RUN_TAG = "contoso_recs/retrain_run"
 # Monday 03:00 UTC, six hours before the email team's 09:00 deadline.
 WEEKLY_CRON = "0 3 * * 1"
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE]
+FIRST_LOOKBACK = timedelta(days=1)
 
 weekly_retrain_job = dg.define_asset_job(
     "weekly_retrain",
@@ -69,16 +70,18 @@ def weekly_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
 @dg.sensor(
     job=weekly_email_job,
     minimum_interval_seconds=60,
-    default_status=dg.DefaultSensorStatus.RUNNING,
     description="When a week's retraining run ends, successful or not, write that week's table.",
 )
 def weekly_email_sensor(context: dg.SensorEvaluationContext):
-    after = float(context.cursor) if context.cursor else None
+    # Turned on for the first time, it answers only the retraining runs of the last day.
+    after = (
+        datetime.fromtimestamp(float(context.cursor), UTC)
+        if context.cursor
+        else datetime.now(UTC) - FIRST_LOOKBACK
+    )
     records = context.instance.get_run_records(
         filters=dg.RunsFilter(
-            job_name=weekly_retrain_job.name,
-            statuses=FINISHED,
-            updated_after=datetime.fromtimestamp(after, UTC) if after else None,
+            job_name=weekly_retrain_job.name, statuses=FINISHED, updated_after=after
         ),
         order_by="update_timestamp",
         ascending=True,
