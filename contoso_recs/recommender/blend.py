@@ -110,17 +110,26 @@ class BlendConfig:
         return asdict(self)
 
 
-# The shipped configuration per task, tuned on validation weeks of The Complete Journey
-# (`make evaluate` tunes afresh on the week before each cutoff).
+# The shipped configuration per task, tuned on the validation weeks from 2017-10-30 and
+# 2017-11-06 of The Complete Journey (`make evaluate` tunes afresh before each cutoff).
 SHIPPED_BLENDS = {
     "A": BlendConfig(
         allow_repeats=True,
-        repeat_weight=2.0,
+        repeat_weight=1.0,
         repeat_half_life_days=42.0,
-        popularity_weight=0.1,
-        category_weight=0.1,
+        popularity_weight=0.025,
+        co_purchase_weight=0.0075,
+        trend_weight=0.0375,
+        frequency_weight=0.3,
+        due_weight=0.02,
     ),
-    "B": BlendConfig(allow_repeats=False, popularity_weight=0.2),
+    "B": BlendConfig(
+        allow_repeats=False,
+        repeat_weight=0.0,
+        category_weight=0.04,
+        co_purchase_weight=60.0,
+        trend_weight=0.1,
+    ),
 }
 
 
@@ -230,7 +239,8 @@ def candidates(
 
 def blend_scores(pool: Candidates, config: BlendConfig) -> np.ndarray:
     """The blend score of every candidate slot; -inf where it may not be shown."""
-    score = np.where(np.isfinite(pool.model), config.model_weight * pool.model, -np.inf)
+    known = np.isfinite(pool.model)
+    score = np.where(known, config.model_weight * np.where(known, pool.model, 0.0), -np.inf)
     score = (
         score
         + config.repeat_weight * pool.repeat[config.repeat_half_life_days]
