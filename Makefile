@@ -66,11 +66,13 @@ evaluate: setup
 	$(PY) -m contoso_recs.recommender.evaluate --lake $(CURDIR)/data/completejourney/lake \
 		--dataset completejourney --cutoffs 2017-12-04 2017-11-13 --out reports
 
-## Benchmarks at full scale; figures go to reports/benchmarks.{md,json}.
+## Benchmarks at full scale (training: demo-scale lake, also with a 2M-row customer table);
+## figures go to reports/benchmarks.{md,json}.
 bench: setup
 	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.batch_scoring
+	$(PY) -m benchmarks.training
 
 clean:
 	rm -rf data

@@ -12,8 +12,18 @@ import polars as pl
 import scipy.sparse as sp
 from threadpoolctl import threadpool_limits
 
-from contoso_recs.recommender.data import before, order_counts, product_popularity
-from contoso_recs.recommender.ranking import ProductIndex, customer_product_matrix, top_k_lists
+from contoso_recs.recommender.data import (
+    before,
+    decayed_history,
+    order_counts,
+    product_popularity,
+)
+from contoso_recs.recommender.ranking import (
+    ProductIndex,
+    Scorer,
+    customer_product_matrix,
+    top_k_lists,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,6 +32,14 @@ ALS_FACTORS = 64
 ALS_ITERATIONS = 15
 ALS_REGULARIZATION = 0.05
 ALS_ALPHA = 2.0
+ALS_WEIGHTING = "log"
+ALS_BM25_K1 = 100.0
+ALS_BM25_B = 0.8
+# Chosen on the validation weeks from 2017-10-30 and 2017-11-06 of The Complete Journey (both end
+# by the earliest evaluation cutoff): NDCG@5 A .164 / B .0217, against .052 / .0205 for the
+# plain binary cosine without smoothing.
+KNN_SMOOTHING = 10.0
+KNN_HALF_LIFE_DAYS = 42.0
 
 
 def popularity(
@@ -65,30 +83,78 @@ def item_knn(
     index: ProductIndex,
     k: int,
     exclude: sp.csr_matrix | None = None,
+    smoothing: float = KNN_SMOOTHING,
+    half_life_days: float = KNN_HALF_LIFE_DAYS,
 ) -> dict[int, list[int]]:
-    """Products most co-purchased (cosine over customers) with the customer's own products.
+    """Products most co-purchased with the customer's own products (item-based kNN).
 
-    score(u, j) = sum over the customer's products i != j of cos(i, j), with cos computed on
-    binary customer x product vectors. Computed without the product x product matrix:
-    X_u D^-1/2 X^T X D^-1/2, minus the self-similarity of each owned product (exactly 1).
+    score(u, j) = sum over the customer's products i of strength(u, i) * sim(i, j), where the
+    strength counts the customer's orders of i discounted by age (`half_life_days`) and sim is
+    the smoothed cosine of `co_purchase_scorer`.
     """
-    train = before(bought, cutoff).select("customer_id", "product_id").unique()
-    everyone = np.unique(train["customer_id"].to_numpy())
-    owned = customer_product_matrix(train, everyone, index)
-    owned.data[:] = 1.0
-    buyers = np.asarray(owned.sum(axis=0)).ravel()
-    scaled = (owned @ sp.diags(1.0 / np.sqrt(np.maximum(buyers, 1.0)))).tocsr()
-    mine = customer_product_matrix(train, customer_ids, index)
-    mine.data[:] = 1.0
-    mine_scaled = (mine @ sp.diags(1.0 / np.sqrt(np.maximum(buyers, 1.0)))).tocsr()
+    strongest = decayed_history(bought, cutoff, half_life_days, max_products=10**9)
+    profile = customer_product_matrix(strongest, customer_ids, index, "strength")
+    return top_k_lists(
+        co_purchase_scorer(before(bought, cutoff), profile, index, smoothing),
+        customer_ids,
+        index,
+        k,
+        exclude,
+    )
+
+
+def co_purchase_scorer(
+    bought: pl.DataFrame,
+    profile: sp.csr_matrix,
+    index: ProductIndex,
+    smoothing: float,
+    target_exponent: float = 0.5,
+    via: str | None = None,
+) -> Scorer:
+    """Scores rows of `profile` (customers x catalogue product weights) by co-purchase.
+
+    score(u, j) = sum over i of profile(u, i) * sim(i, j), with
+    sim(i, j) = customers who bought both / ((buyers of i + s)^1/2 (buyers of j + s)^e): with
+    e = 1/2 a cosine over customers (every customer in `bought` counts) in which the smoothing
+    s keeps products with a handful of buyers from looking alike by chance; a larger exponent e
+    favours products fewer customers buy. Computed as P S X^T X T (S, T diagonal, X the
+    customers x products purchase matrix), a block of rows at a time, without the product x
+    product matrix when there are fewer customers than products, through the products x products
+    co-purchase counts X^T X otherwise (`via` forces "customers" or "products"; the result is
+    the same). Products nobody bought score -inf.
+    """
+    pairs = bought.select("customer_id", "product_id").unique()
+    everyone = np.unique(pairs["customer_id"].to_numpy())
+    owners = customer_product_matrix(pairs, everyone, index)
+    owners.data[:] = 1.0
+    buyers = np.asarray(owners.sum(axis=0), dtype=np.float64).ravel()
+    sold = buyers > 0
+    smoothed = buyers + smoothing
+    source = np.divide(1.0, np.sqrt(smoothed), out=np.zeros_like(smoothed), where=sold)
+    target = np.divide(1.0, smoothed**target_exponent, out=np.zeros_like(smoothed), where=sold)
+    weighted = (profile @ sp.diags(source.astype(np.float32))).tocsr()
+    if (via or ("customers" if owners.shape[0] <= owners.shape[1] else "products")) == "products":
+        # Many more customers than products (a national retailer): one products x products
+        # co-purchase count matrix, instead of a dense row per customer for every block.
+        co_bought = (owners.T @ owners).tocsr()
+
+        def score(rows: np.ndarray) -> np.ndarray:
+            scores = (weighted[rows] @ co_bought).toarray().astype(np.float32)
+            scores *= target.astype(np.float32)
+            scores[:, ~sold] = -np.inf
+            return scores
+
+        return score
+
+    scaled_t = (owners @ sp.diags(target.astype(np.float32))).T.tocsr()
 
     def score(rows: np.ndarray) -> np.ndarray:
-        via_customers = (mine_scaled[rows] @ owned.T).toarray()
-        scores = np.asarray(via_customers @ scaled) - mine[rows].toarray()
-        scores[:, buyers == 0] = -np.inf
+        via_customers = (weighted[rows] @ owners.T).toarray()
+        scores = np.asarray((scaled_t @ via_customers.T).T, dtype=np.float32)
+        scores[:, ~sold] = -np.inf
         return scores
 
-    return top_k_lists(score, customer_ids, index, k, exclude)
+    return score
 
 
 def als(
@@ -99,19 +165,38 @@ def als(
     k: int,
     exclude: sp.csr_matrix | None = None,
     seed: int = 7,
+    factors: int = ALS_FACTORS,
+    regularization: float = ALS_REGULARIZATION,
+    iterations: int = ALS_ITERATIONS,
+    alpha: float = ALS_ALPHA,
+    weighting: str = ALS_WEIGHTING,
 ) -> dict[int, list[int]]:
-    """Implicit-feedback ALS (the `implicit` library) on orders per customer and product."""
-    from implicit.cpu.als import AlternatingLeastSquares
+    """Implicit-feedback ALS (the `implicit` library) on orders per customer and product.
 
-    counts = order_counts(bought, cutoff).with_columns(
-        (1.0 + ALS_ALPHA * pl.col("orders").cast(pl.Float64).log1p()).alias("confidence")
-    )
+    Confidence per customer and product: with `weighting="log"`, 1 + alpha * log(1 + orders);
+    with "bm25", alpha * the BM25 weight of the order counts (implicit's `bm25_weight`, which
+    damps products everybody buys and customers who buy everything).
+    """
+    from implicit.cpu.als import AlternatingLeastSquares
+    from implicit.nearest_neighbours import bm25_weight
+
+    counts = order_counts(bought, cutoff)
     everyone = np.unique(np.concatenate([counts["customer_id"].to_numpy(), customer_ids]))
-    matrix = customer_product_matrix(counts, everyone, index, "confidence")
+    if weighting == "log":
+        counts = counts.with_columns(
+            (1.0 + alpha * pl.col("orders").cast(pl.Float64).log1p()).alias("confidence")
+        )
+        matrix = customer_product_matrix(counts, everyone, index, "confidence")
+    elif weighting == "bm25":
+        orders = customer_product_matrix(counts, everyone, index, "orders")
+        matrix = (alpha * bm25_weight(orders, K1=ALS_BM25_K1, B=ALS_BM25_B)).tocsr()
+        matrix = matrix.astype(np.float32)
+    else:
+        raise ValueError(f"weighting must be 'log' or 'bm25', not {weighting!r}")
     model = AlternatingLeastSquares(
-        factors=ALS_FACTORS,
-        regularization=ALS_REGULARIZATION,
-        iterations=ALS_ITERATIONS,
+        factors=factors,
+        regularization=regularization,
+        iterations=iterations,
         random_state=seed,
     )
     with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS ones would fight

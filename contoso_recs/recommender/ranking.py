@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+import torch
 
 CHUNK = 512
 Scorer = Callable[[np.ndarray], np.ndarray]
@@ -84,11 +85,14 @@ def top_k_lists(
 
 
 def best_positions(scores: np.ndarray, k: int) -> np.ndarray:
-    """Column positions of the k highest scores per row, best first."""
+    """Column positions of the k highest scores per row, best first (equal scores: the lower
+    position first). torch's top-k, many times faster than a numpy partition on wide rows."""
     k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part.sort(axis=1)
-    order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+    if k == 0 or scores.shape[0] == 0:
+        return np.zeros((scores.shape[0], k), dtype=np.int64)
+    values, part = torch.topk(torch.from_numpy(np.ascontiguousarray(scores)), k, dim=1)
+    values, part = values.numpy(), part.numpy()
+    order = np.lexsort((part, -values), axis=1)
     return np.take_along_axis(part, order, axis=1)
 
 

@@ -30,8 +30,8 @@ def markdown(results: dict, chart_name: str) -> str:
     lines += [
         "Temporal holdout: train on purchases before the cutoff, test on the 7 days from it, "
         "whole-catalogue ranking. Test customers: those with a purchase in the test week "
-        "(task B: those with a product new to them). Blend weights are tuned on the week "
-        "before the cutoff.",
+        "(task B: those with a product new to them). Blend weights are tuned on the two "
+        "weeks before the cutoff, scored by a model trained before them.",
         "",
     ]
     for dataset, cutoffs in results.items():

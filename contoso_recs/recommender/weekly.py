@@ -23,6 +23,7 @@ profile), `popular_in_your_categories` and `popular_now`.
 """
 
 import logging
+import warnings
 from dataclasses import dataclass
 from datetime import date, datetime
 
@@ -52,9 +53,11 @@ from contoso_recs.recommender.train import TrainedModel
 log = logging.getLogger(__name__)
 
 K = 5
-# Customers per batch: their candidate pools (about 500 products each) stay near 200 MB.
+# Customers per batch: their candidate pools (about 700 products each) stay near 300 MB.
 CHUNK_CUSTOMERS = 10_000
-SCORE_ROWS = 1024
+# Customers per gather of product vectors when scoring a batch's candidates (a customer's
+# favourite categories can hold thousands of products).
+SCORE_ROWS = 128
 BOUGHT_BEFORE = "bought_before"
 SIMILAR = "similar_to_your_purchases"
 LIKE_YOU = "popular_with_customers_like_you"
@@ -129,7 +132,12 @@ class WeeklyScorer:
         vectors[~known] = 0.0
         half_lives = (config.repeat_half_life_days,)
         signals = Signals.of(
-            bought, as_of, customer_ids, index, category_codes(products), half_lives
+            bought,
+            as_of,
+            customer_ids,
+            index,
+            category_codes(products),
+            half_lives,
         )
         log.info(
             "weekly scoring as of %s: %d customers, %d products on sale (%d known to the model)",
@@ -161,7 +169,7 @@ class WeeklyScorer:
         start, stop = np.searchsorted(self.bought_customers, [ids[0], ids[-1] + 1])
         history = self.bought.slice(start, stop - start)
         vectors = self.trained.customer_vectors(history, self.profiles, ids, self.as_of)
-        owned = self.signals.repeat[self.config.repeat_half_life_days][rows]
+        owned = self.signals.strengths[self.config.repeat_half_life_days][rows]
         model_top, _ = batch_scoring.top_k(
             vectors,
             self.prepared,
@@ -203,13 +211,22 @@ class WeeklyScorer:
 
         A term's lift is its value for the product minus its median over the customer's
         candidates, so a term that is large for every candidate (popularity) does not claim
-        every product.
+        every product. Co-purchase counts as "similar to your purchases", the trend as
+        "popular now".
         """
+        terms = contributions(pool, self.config)
+        groups = {
+            "model": ("model", "co_purchase"),
+            "category": ("category",),
+            "popularity": ("popularity", "trend"),
+        }
         lifts = []
-        for name in ("model", "category", "popularity"):
-            value = contributions(pool, self.config)[name]
+        for names in groups.values():
+            value = sum(terms[name] for name in names if name in terms)
             finite = np.where(np.isfinite(value) & (pool.positions >= 0), value, np.nan)
-            typical = np.nan_to_num(np.nanmedian(finite, axis=1, keepdims=True))
+            with warnings.catch_warnings():  # a row with no finite value has no median: 0
+                warnings.simplefilter("ignore", RuntimeWarning)
+                typical = np.nan_to_num(np.nanmedian(finite, axis=1, keepdims=True))
             lifts.append(np.take_along_axis(value, slots, axis=1) - typical)
         leading = np.argmax(np.nan_to_num(np.stack(lifts), nan=-np.inf), axis=0)
         from_model = np.where(has_history[:, None], REASONS.index(SIMILAR), REASONS.index(LIKE_YOU))
