@@ -24,7 +24,7 @@ def quarantine_counts(lake) -> dict[str, dict[str, int]]:
 def test_tiny_demo_quarantines_exactly_the_planted_bad_rows_and_loads_the_rest(tmp_path):
     messages: list[str] = []
 
-    assert demo(tmp_path, "synthetic", "tiny", 0, messages.append)
+    assert demo(tmp_path, "synthetic", "tiny", 0, messages.append, train_model=False)
 
     manifest = layout.read_manifest(tmp_path)
     lake = local_resources(tmp_path)["lake"]

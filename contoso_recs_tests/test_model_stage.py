@@ -7,6 +7,7 @@ from contoso_recs.automation.jobs import train_and_promote_job
 from contoso_recs.definitions import build_definitions
 from contoso_recs.environment import local_resources
 from contoso_recs.main_job import demo
+from contoso_recs.model import gate
 from contoso_recs.model.gate import gate_failures, promoted_figures
 from contoso_recs.recommender import evaluate
 from contoso_recs_tests.conftest import materialization
@@ -86,7 +87,7 @@ def test_training_runs_through_pipes_and_reports_each_epoch_and_the_lake_version
 ):
     result = train_and_promote(tiny_lake, instance, epochs=2)
 
-    assert result.success
+    assert result.is_node_success("model__two_tower_candidate")  # whatever the gate then says
     candidate = materialization(result, "model", "two_tower_candidate")
     assert candidate["epochs"] == 2
     assert len(candidate["loss_by_epoch"]) == 2
@@ -122,7 +123,10 @@ def test_a_failed_gate_stops_promotion_and_keeps_the_promoted_model(
     tiny_lake, instance, monkeypatch
 ):
     store = local_resources(tiny_lake)["model_store"]
-    train_and_promote(tiny_lake, instance, epochs=2)  # as the demo trains: passes on this lake
+    # On 200 customers the gate's outcome is noise: let a first candidate through.
+    with monkeypatch.context() as patched:
+        patched.setattr(gate, "gate_failures", lambda candidate, promoted: [])
+        train_and_promote(tiny_lake, instance)
     before = store.current_version()
     assert before is not None
     # A bar no model can clear: the promoted model scores 2.0 on the candidate's holdout week.
@@ -130,8 +134,8 @@ def test_a_failed_gate_stops_promotion_and_keeps_the_promoted_model(
 
     result = train_and_promote(tiny_lake, instance)
 
-    gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
-    assert not gate[0].passed
+    checks = [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
+    assert not checks[0].passed
     assert store.current_version() == before
     assert not [
         e
