@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+SERVING_VENV := .venv-serving
+PORT ?= 5001
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET ?= synthetic
@@ -9,7 +11,8 @@ SCALE ?= demo
 export CONTOSO_RECS_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: setup system-deps demo demo-completejourney ui test lint format evaluate bench clean
+.PHONY: setup serving-setup system-deps demo demo-completejourney ui serve test lint format evaluate \
+	bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+## The online endpoint's own environment: the Azure ML inference server pins older libraries.
+serving-setup: $(SERVING_VENV)/.installed
+
+$(SERVING_VENV)/.installed: requirements-serving.txt
+	$(PYTHON) -m venv $(SERVING_VENV)
+	$(SERVING_VENV)/bin/pip install --quiet -r requirements-serving.txt
 	touch $@
 
 ## Debian packages the tests use: unixODBC and the SQLite ODBC driver (a real driver for pyodbc).
@@ -39,7 +50,14 @@ ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-test: setup system-deps lint
+## Real-time recommendations on http://127.0.0.1:$(PORT)/score from the promoted model
+## (publishes its serving bundle first when the promoted model has none yet).
+serve: setup serving-setup
+	$(PY) -m contoso_recs.serving.publish --data-dir $(CONTOSO_RECS_DATA_DIR) --if-stale
+	$(SERVING_VENV)/bin/python -m contoso_recs.serving.local_server \
+		--model-dir $(CONTOSO_RECS_DATA_DIR)/serving --port $(PORT)
+
+test: setup serving-setup system-deps lint
 	$(PY) -m pytest
 
 lint: setup

@@ -1,0 +1,63 @@
+"""Run the scoring script locally under azureml-inference-server-http, bound to 127.0.0.1.
+
+    python -m contoso_recs.serving.local_server --model-dir data/serving --port 5001
+
+The server's own command (`azmlinfsrv`) always listens on every interface; this launcher starts
+the very same server (its gunicorn application, logging and settings) on loopback only. It runs
+with the interpreter of the serving environment (`.venv-serving`, which holds the server) and
+imports only the standard library and the server itself. The OpenAPI document is served at
+`/swagger.json?version=3`.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+SERVING_DIR = Path(__file__).resolve().parent
+SCORE_SCRIPT = SERVING_DIR / "score.py"
+HOST = "127.0.0.1"
+DEFAULT_PORT = 5001
+
+
+def server_environment(
+    model_dir: str | Path, score_script: str | Path = SCORE_SCRIPT, workers: int = 1
+) -> dict[str, str]:
+    """The variables the inference server reads, for a scoring script and a model folder."""
+    script = Path(score_script).resolve()
+    return {
+        "AZUREML_ENTRY_SCRIPT": str(script),
+        # The app root holds the scoring script and the OpenAPI document (swagger3.json).
+        "AML_APP_ROOT": str(script.parent),
+        "AZUREML_MODEL_DIR": str(Path(model_dir).resolve()),
+        "WORKER_COUNT": str(workers),
+        "AML_APP_INSIGHTS_ENABLED": "false",
+        "SERVER_VERSION_LOG_RESPONSE_ENABLED": "false",
+    }
+
+
+def serve(model_dir: str, port: int, score_script: str, workers: int) -> None:
+    from azureml_inference_server_http import amlserver_linux
+    from azureml_inference_server_http.constants import PACKAGE_ROOT
+    from azureml_inference_server_http.log_config import load_logging_config
+
+    env = server_environment(model_dir, score_script, workers)
+    env.update(SERVER_PORT=str(port), HEALTH_PORT=str(port))
+    os.environ.update(env)
+    sys.path.append(env["AML_APP_ROOT"])
+    load_logging_config(PACKAGE_ROOT)
+    amlserver_linux.run(HOST, port, workers)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True, help="folder of published serving bundles")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--score-script", default=str(SCORE_SCRIPT))
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args(argv)
+    serve(args.model_dir, args.port, args.score_script, args.workers)
+
+
+if __name__ == "__main__":
+    main()
