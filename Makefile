@@ -68,18 +68,27 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## The evaluation on The Complete Journey at two cutoffs: reports/evaluation.{md,json,png}.
+## The evaluation on The Complete Journey at two cutoffs: reports/evaluation.{md,json,png};
+## real-time recommendations offline: reports/evaluation_online.{md,json}.
 evaluate: setup
 	$(PY) -m contoso_recs.cli demo --dataset completejourney --skip-training \
 		--data-dir $(CURDIR)/data/completejourney
 	$(PY) -m contoso_recs.recommender.evaluate --lake $(CURDIR)/data/completejourney/lake \
 		--dataset completejourney --cutoffs 2017-12-04 2017-11-13 --out reports
+	$(PY) -m contoso_recs.recommender.online_evaluation --lake $(CURDIR)/data/completejourney/lake \
+		--dataset completejourney --cutoff 2017-12-04 --task basket --out reports
+	@if [ -f $(CONTOSO_RECS_DATA_DIR)/models/current.json ]; then \
+		$(PY) -m contoso_recs.recommender.online_evaluation --lake $(CONTOSO_RECS_DATA_DIR)/lake \
+			--dataset synthetic --promoted-from $(CONTOSO_RECS_DATA_DIR)/models \
+			--task next_view --validation-days 3 --out reports; \
+	else echo "no demo model: run make demo for the synthetic online evaluation"; fi
 
 ## Benchmarks at full scale; figures go to reports/benchmarks.{md,json}.
-bench: setup
+bench: setup serving-setup
 	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.batch_scoring
+	$(PY) -m benchmarks.serving_load
 
 clean:
 	rm -rf data

@@ -119,7 +119,7 @@ def start_server(
     process = subprocess.Popen(
         command,
         cwd=REPO,
-        env={**variables, "OPENBLAS_NUM_THREADS": "1", **(env or {})},
+        env={**variables, **(env or {})},
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
     )

@@ -1,6 +1,7 @@
 """The serving/bundle asset: the promoted model's bundle, built from the lake and made live."""
 
 import json
+from dataclasses import replace
 
 import dagster as dg
 import numpy as np
@@ -15,6 +16,7 @@ from contoso_recs.model.assets import CANDIDATE, PROMOTED
 from contoso_recs.serving.assets import BUNDLE
 from contoso_recs.serving.bundle import live_bundle_dir, read_bundle
 from contoso_recs.serving.contract import ScoreRequest
+from contoso_recs.serving.publish import DEFAULT_POLICY
 from contoso_recs.serving.scorer import Scorer
 from contoso_recs_tests.conftest import materialization
 
@@ -59,7 +61,7 @@ def test_the_bundle_is_published_for_the_promoted_model_with_every_customer(prom
     assert np.allclose(norms, 1.0, atol=1e-5)
 
 
-def test_a_published_bundle_recommends_products_the_customer_has_not_bought(promoted, instance):
+def test_a_published_bundle_answers_with_the_product_page_policy(promoted, instance):
     data_dir, _ = promoted
     definitions = build_definitions(local_resources(data_dir))
     definitions.resolve_job_def(serving_bundle_job.name).execute_in_process(instance=instance)
@@ -70,13 +72,18 @@ def test_a_published_bundle_recommends_products_the_customer_has_not_bought(prom
     bought = set(lines.filter(pl.col("customer_id") == buyer)["product_id"].cast(str).to_list())
     viewed = bundle.product_ids[0]
 
+    assert bundle.policy == DEFAULT_POLICY
     answer = Scorer(bundle).recommend(ScoreRequest(str(buyer), viewed, k=10))
+    no_repeats = replace(bundle, policy=replace(DEFAULT_POLICY, allow_repeats=False))
+    discovery = Scorer(no_repeats).recommend(ScoreRequest(str(buyer), viewed, k=10))
 
     recommended = [r["product_id"] for r in answer["recommendations"]]
     assert answer["fallback"] is None
     assert len(recommended) == 10
     assert viewed not in recommended
-    assert not set(recommended) & bought
+    new_to_them = [r["product_id"] for r in discovery["recommendations"]]
+    assert len(new_to_them) == 10
+    assert not set(new_to_them) & bought
 
 
 def test_the_bundle_is_published_after_promotion_in_the_training_job(promoted):

@@ -259,3 +259,16 @@ def test_the_published_openapi_document_is_the_contract_in_code():
     on_disk = json.loads((score.Path(score.__file__).parent / "swagger3.json").read_text())
     assert on_disk == openapi_document()
     assert os.path.basename(score.__file__) == "score.py"
+
+
+@pytest.mark.parametrize("k", [1, 10, 100])
+def test_the_fast_top_k_is_exactly_a_full_sort(k):
+    from contoso_recs.serving.scorer import _top_k
+
+    rng = np.random.default_rng(k)
+    scores = rng.standard_normal(50_000).astype(np.float32)
+    scores[rng.integers(0, 50_000, 500)] = -np.inf
+    scores[rng.integers(0, 50_000, 50)] = scores.max()  # ties at the very top
+
+    expected = np.argsort(-scores, kind="stable")[:k]
+    assert _top_k(scores, k).tolist() == expected.tolist()

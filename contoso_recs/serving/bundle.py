@@ -54,9 +54,9 @@ class Policy:
 
     The query is `customer_weight * customer + product_weight * viewed product`; each product
     scores its cosine with the query plus `popularity_weight * log(1 + recent buyers)`. With
-    `allow_repeats` False (the product page's default) products the customer bought before are
-    never shown: the page is for discovering products, the basket and "buy again" already show
-    the customer's usual products.
+    `allow_repeats` False, products the customer bought before are never shown. The product
+    page's values are `contoso_recs.serving.publish.DEFAULT_POLICY`; each bundle records its own
+    in the manifest.
     """
 
     customer_weight: float = 1.0

@@ -18,6 +18,7 @@ SERVING_DIR = Path(__file__).resolve().parent
 SCORE_SCRIPT = SERVING_DIR / "score.py"
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
+BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 def server_environment(
@@ -44,6 +45,10 @@ def serve(model_dir: str, port: int, score_script: str, workers: int) -> None:
     env = server_environment(model_dir, score_script, workers)
     env.update(SERVER_PORT=str(port), HEALTH_PORT=str(port))
     os.environ.update(env)
+    # A worker scores one request at a time: one BLAS thread each. More only contend for the
+    # cores (measured in process on 2 busy cores: p50 1.3 ms with one thread, 12 ms with two).
+    for variable in BLAS_THREAD_VARIABLES:
+        os.environ.setdefault(variable, "1")
     sys.path.append(env["AML_APP_ROOT"])
     load_logging_config(PACKAGE_ROOT)
     amlserver_linux.run(HOST, port, workers)
