@@ -25,8 +25,8 @@ import numpy as np
 
 from benchmarks.report import record
 from contoso_recs.serving.bundle import MANIFEST, publish, write_bundle
+from contoso_recs.serving.local_server import start_server
 from contoso_recs.serving.publish import DEFAULT_POLICY
-from contoso_recs_tests.serving_fixtures import start_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRIVIAL_SCRIPT = REPO_ROOT / "benchmarks" / "trivial_score.py"

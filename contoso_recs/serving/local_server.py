@@ -10,12 +10,22 @@ imports only the standard library and the server itself. The OpenAPI document is
 """
 
 import argparse
+import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 SERVING_DIR = Path(__file__).resolve().parent
 SCORE_SCRIPT = SERVING_DIR / "score.py"
+REPO_ROOT = SERVING_DIR.parents[1]
+SERVING_PYTHON = REPO_ROOT / ".venv-serving" / "bin" / "python"
 HOST = "127.0.0.1"
 DEFAULT_PORT = 5001
 BLAS_THREAD_VARIABLES = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -52,6 +62,97 @@ def serve(model_dir: str, port: int, score_script: str, workers: int) -> None:
     sys.path.append(env["AML_APP_ROOT"])
     load_logging_config(PACKAGE_ROOT)
     amlserver_linux.run(HOST, port, workers)
+
+
+@dataclass
+class Server:
+    """A running local server (started by `start_server`), stopped by its process id."""
+
+    process: subprocess.Popen
+    port: int
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def post(self, body: bytes | dict, headers: dict | None = None) -> tuple[int, dict]:
+        """POST /score; returns the status and the JSON answer."""
+        data = json.dumps(body).encode() if isinstance(body, dict) else body
+        request = urllib.request.Request(
+            f"{self.url}/score",
+            data=data,
+            headers={"Content-Type": "application/json", **(headers or {})},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return probe.getsockname()[1]
+
+
+def start_server(
+    model_dir: Path,
+    log: Path,
+    score_script: Path | None = None,
+    env: dict | None = None,
+    timeout: float = 90.0,
+) -> Server:
+    """Start the server from `.venv-serving` on a free loopback port; wait until it is healthy.
+
+    Variables starting with CONTOSO_RECS_SERVING are not inherited: pass them in `env`.
+    """
+    if not SERVING_PYTHON.exists():
+        raise RuntimeError(f"{SERVING_PYTHON} is missing: `make serving-setup` creates it")
+    port = free_port()
+    command = [
+        str(SERVING_PYTHON),
+        "-m",
+        "contoso_recs.serving.local_server",
+        "--model-dir",
+        str(model_dir),
+        "--port",
+        str(port),
+        "--score-script",
+        str(score_script or SCORE_SCRIPT),
+    ]
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("CONTOSO_RECS_SERVING")}
+    process = subprocess.Popen(
+        command,
+        cwd=REPO_ROOT,
+        env={**inherited, **(env or {})},
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+    )
+    server = Server(process, port, log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited early:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{server.url}/", timeout=2) as response:
+                if response.status == 200:
+                    return server
+        except OSError:
+            time.sleep(0.2)
+    server.stop()
+    raise RuntimeError(f"the server did not become healthy:\n{log.read_text()[-3000:]}")
 
 
 def main(argv: list[str] | None = None) -> None:
