@@ -267,7 +267,7 @@ def write_online_report(dataset: str, cutoff: str, task: str, result: dict, out:
     json_path = out / f"{REPORT_NAME}.json"
     report = json.loads(json_path.read_text()) if json_path.exists() else {}
     report[dataset] = {"cutoff": cutoff, "task": task, **result}
-    json_path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
     md_path = out / f"{REPORT_NAME}.md"
     md_path.write_text(markdown(report))
     return md_path
@@ -350,10 +350,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args(argv)
 
+    model_dir = Path(args.model_dir) if args.model_dir else None
+    if args.promoted_from:
+        store = Path(args.promoted_from)
+        version = json.loads((store / "current.json").read_text())["version"]
+        model_dir = store / version
+        args.cutoff = json.loads((model_dir / "model_card.json").read_text())["cutoff"]
+    if not args.cutoff:
+        parser.error("give --cutoff or --promoted-from")
     cutoff = as_cutoff(args.cutoff)
     frames = read_lake(args.lake)
     cache = Path(args.lake).parent / "online_evaluation_models" / args.cutoff
-    trained = trained_model(frames, cutoff, Path(args.model_dir) if args.model_dir else None, cache)
+    trained = trained_model(frames, cutoff, model_dir, cache)
     validation = None
     if args.task == "basket":
         views = basket_views(frames, cutoff)
@@ -363,7 +371,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         views = next_views(frames, cutoff)
     result = evaluate_online(frames, trained, cutoff, views, validation)
-    path = write_online_report(args.dataset, args.cutoff, TASKS[args.task], result, Path(args.out))
+    task = TASKS[args.task]
+    if validation is not None:
+        task += (
+            f" Views of the first {args.validation_days} days from the cutoff tune the scorer's "
+            f"policy; views of the other {TEST_DAYS - args.validation_days} days are the test."
+        )
+    path = write_online_report(args.dataset, args.cutoff, task, result, Path(args.out))
     sys.stdout.write(f"{path}\n")
     return 0
 
