@@ -160,14 +160,24 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-def run(customers: int, products: int, dim: int, rate: float, seconds: float, work: Path) -> dict:
+def run(
+    customers: int,
+    products: int,
+    dim: int,
+    rate: float,
+    seconds: float,
+    work: Path,
+    workers: int = 1,
+) -> dict:
     started = time.perf_counter()
     bundle = build_full_scale_bundle(work / "bundles", customers, products, dim)
     build_seconds = time.perf_counter() - started
     bodies = request_bodies(int((seconds + WARM_UP_S) * rate), customers, products)
     figures = {}
     for name, script in (("floor", TRIVIAL_SCRIPT), ("product", None)):
-        server = start_server(work / "bundles", work / f"{name}.log", score_script=script)
+        server = start_server(
+            work / "bundles", work / f"{name}.log", score_script=script, workers=workers
+        )
         try:
             load_before = os.getloadavg()[0]
             result = load(server.port, bodies, rate)
@@ -181,8 +191,9 @@ def run(customers: int, products: int, dim: int, rate: float, seconds: float, wo
         {
             "description": (
                 "Real-time recommendations on loopback: the inference server "
-                "(azureml-inference-server-http, 1 gunicorn worker, as in an Azure ML "
-                "deployment) running the product's scoring script on a full-scale bundle, beside "
+                "(azureml-inference-server-http: gunicorn sync workers, "
+                f"{workers} here; an Azure ML deployment's default is 1) running the product's "
+                "scoring script on a full-scale bundle, beside "
                 "the same server running a trivial scoring script (the floor), same run, same "
                 f"open-loop load of {rate:.0f} requests/s for {seconds:.0f} s after a "
                 f"{WARM_UP_S:.0f} s warm-up. Latency counts from each request's scheduled send "
@@ -194,6 +205,7 @@ def run(customers: int, products: int, dim: int, rate: float, seconds: float, wo
             "products": products,
             "dim": dim,
             "rate_per_second": rate,
+            "server_workers": workers,
             "seconds": seconds,
             "p99_ratio_product_to_floor": figures["product_p99_ms"] / figures["floor_p99_ms"],
             "bundle_mib": sum(p.stat().st_size for p in bundle.iterdir()) / 2**20,
@@ -210,6 +222,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--rate", type=float, default=250.0)
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--workers", type=int, default=1, help="server worker processes")
     parser.add_argument("--work", default=str(REPO_ROOT / "data" / "bench" / "serving"))
     parser.add_argument("--no-record", action="store_true", help="print only")
     args = parser.parse_args()

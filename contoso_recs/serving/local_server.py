@@ -113,6 +113,7 @@ def start_server(
     score_script: Path | None = None,
     env: dict | None = None,
     timeout: float = 90.0,
+    workers: int = 1,
 ) -> Server:
     """Start the server from `.venv-serving` on a free loopback port; wait until it is healthy.
 
@@ -131,6 +132,8 @@ def start_server(
         str(port),
         "--score-script",
         str(score_script or SCORE_SCRIPT),
+        "--workers",
+        str(workers),
     ]
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("CONTOSO_RECS_SERVING")}
     process = subprocess.Popen(
