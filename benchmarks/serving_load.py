@@ -2,10 +2,11 @@
 
 `python -m benchmarks.serving_load` builds a serving bundle with the full-scale shapes
 (2,000,000 customers, 50,000 products, 64 dimensions, about 20 bought products per customer),
-starts the inference server on 127.0.0.1 with the trivial scoring script (the floor) and then
+starts the inference server on 127.0.0.1 twice, with the trivial scoring script (the floor) and
 with the product's scoring script, and drives each with an open-loop load of 250 requests/s for
-60 s after a 5 s warm-up. Latency is measured from each request's scheduled send time, so a
-stall of the server (or of the client) shows up in the figures instead of slowing the load.
+60 s after a 5 s warm-up, in 6 alternating rounds of 10 s. Latency is measured from each
+request's scheduled send time, so a stall of the server (or of the client) shows up in the
+figures instead of slowing the load.
 Records p50, p99, errors, the ratio of the p99s and the server's peak memory with
 `benchmarks.report.record("serving_load", ...)`.
 
@@ -32,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TRIVIAL_SCRIPT = REPO_ROOT / "benchmarks" / "trivial_score.py"
 REQUEST_TIMEOUT_S = 2.0
 WARM_UP_S = 5.0
+ROUNDS = 6
 MEAN_BOUGHT = 20
 
 
@@ -124,15 +126,11 @@ async def _drive(port: int, bodies: list[bytes], rate: float) -> list[tuple[floa
     return results
 
 
-def load(port: int, bodies: list[bytes], rate: float) -> dict:
-    warm = int(WARM_UP_S * rate)
-    asyncio.run(_drive(port, bodies[:warm], rate))
-    results = asyncio.run(_drive(port, bodies[warm:], rate))
+def summary(results: list[tuple[float, bool]]) -> dict:
     latencies = np.array([t for t, _ in results]) * 1000
-    errors = sum(1 for _, ok in results if not ok)
     return {
         "requests": len(results),
-        "errors": errors,
+        "errors": sum(1 for _, ok in results if not ok),
         "p50_ms": float(np.percentile(latencies, 50)),
         "p99_ms": float(np.percentile(latencies, 99)),
         "max_ms": float(latencies.max()),
@@ -173,20 +171,36 @@ def run(
     bundle = build_full_scale_bundle(work / "bundles", customers, products, dim)
     build_seconds = time.perf_counter() - started
     bodies = request_bodies(int((seconds + WARM_UP_S) * rate), customers, products)
-    figures = {}
-    for name, script in (("floor", TRIVIAL_SCRIPT), ("product", None)):
-        server = start_server(
+    warm = int(WARM_UP_S * rate)
+    per_round = int(seconds * rate / ROUNDS)
+    servers = {
+        name: start_server(
             work / "bundles", work / f"{name}.log", score_script=script, workers=workers
         )
-        try:
-            load_before = os.getloadavg()[0]
-            result = load(server.port, bodies, rate)
-            result["load_average_before"] = load_before
-            result["load_average_after"] = os.getloadavg()[0]
-            result["server_peak_rss_mib"] = peak_rss_mib(server.process.pid)
-        finally:
+        for name, script in (("floor", TRIVIAL_SCRIPT), ("product", None))
+    }
+    results: dict[str, list] = {name: [] for name in servers}
+    load_averages = [os.getloadavg()[0]]
+    try:
+        for server in servers.values():
+            asyncio.run(_drive(server.port, bodies[:warm], rate))
+        # Rounds alternate between the two servers (and which goes first), so that both see
+        # the same machine: on a shared machine the load changes from minute to minute.
+        for round_number in range(ROUNDS):
+            chunk = bodies[warm + round_number * per_round : warm + (round_number + 1) * per_round]
+            order = list(servers) if round_number % 2 == 0 else list(reversed(servers))
+            for name in order:
+                results[name] += asyncio.run(_drive(servers[name].port, chunk, rate))
+            load_averages.append(os.getloadavg()[0])
+        peaks = {name: peak_rss_mib(server.process.pid) for name, server in servers.items()}
+    finally:
+        for server in servers.values():
             server.stop()
-        figures.update({f"{name}_{key}": value for key, value in result.items()})
+    figures = {}
+    for name in servers:
+        figures.update({f"{name}_{key}": value for key, value in summary(results[name]).items()})
+        figures[f"{name}_server_peak_rss_mib"] = peaks[name]
+    figures["load_average_during"] = [round(value, 2) for value in load_averages]
     figures.update(
         {
             "description": (
@@ -196,10 +210,12 @@ def run(
                 "scoring script on a full-scale bundle, beside "
                 "the same server running a trivial scoring script (the floor), same run, same "
                 f"open-loop load of {rate:.0f} requests/s for {seconds:.0f} s after a "
-                f"{WARM_UP_S:.0f} s warm-up. Latency counts from each request's scheduled send "
-                "time, including a new TCP connection per request. The bundle has the full "
-                "shapes with random unit vectors (latency depends on shapes, not values); 85% "
-                "of requests come from known customers, 10% anonymous, 5% unknown."
+                f"{WARM_UP_S:.0f} s warm-up, in {ROUNDS} rounds alternating between the two "
+                "servers so that both meet the same machine. Latency counts from each "
+                "request's scheduled send time, including a new TCP connection per request. "
+                "The bundle has the full shapes with random unit vectors (latency depends on "
+                "shapes, not values); 85% of requests come from known customers, 10% "
+                "anonymous, 5% unknown."
             ),
             "customers": customers,
             "products": products,
