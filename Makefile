@@ -2,6 +2,8 @@
 SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
+SERVING_VENV := .venv-serving
+PORT ?= 5001
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET ?= synthetic
@@ -9,7 +11,8 @@ SCALE ?= demo
 export CONTOSO_RECS_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
 
-.PHONY: setup system-deps demo demo-completejourney backtest ui test lint format evaluate bench clean
+.PHONY: setup serving-setup system-deps demo demo-completejourney backtest ui serve test lint \
+	format evaluate bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +20,14 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+## The online endpoint's own environment: the Azure ML inference server pins older libraries.
+serving-setup: $(SERVING_VENV)/.installed
+
+$(SERVING_VENV)/.installed: requirements-serving.txt
+	$(PYTHON) -m venv $(SERVING_VENV)
+	$(SERVING_VENV)/bin/pip install --quiet -r requirements-serving.txt
 	touch $@
 
 ## Debian packages the tests use: unixODBC and the SQLite ODBC driver (a real driver for pyodbc).
@@ -48,7 +59,14 @@ ui: setup
 	mkdir -p $(DAGSTER_HOME)
 	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
 
-test: setup system-deps lint
+## Real-time recommendations on http://127.0.0.1:$(PORT)/score from the promoted model
+## (publishes its serving bundle first when the promoted model has none yet).
+serve: setup serving-setup
+	$(PY) -m contoso_recs.serving.publish --data-dir $(CONTOSO_RECS_DATA_DIR) --if-stale
+	$(SERVING_VENV)/bin/python -m contoso_recs.serving.local_server \
+		--model-dir $(CONTOSO_RECS_DATA_DIR)/serving --port $(PORT)
+
+test: setup serving-setup system-deps lint
 	$(PY) -m pytest
 
 lint: setup
@@ -59,20 +77,29 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## The evaluation on The Complete Journey at two cutoffs: reports/evaluation.{md,json,png}.
+## The evaluation on The Complete Journey at two cutoffs: reports/evaluation.{md,json,png};
+## real-time recommendations offline: reports/evaluation_online.{md,json}.
 evaluate: setup
 	$(PY) -m contoso_recs.cli demo --dataset completejourney --skip-training \
 		--data-dir $(CURDIR)/data/completejourney
 	$(PY) -m contoso_recs.recommender.evaluate --lake $(CURDIR)/data/completejourney/lake \
 		--dataset completejourney --cutoffs 2017-12-04 2017-11-13 --out reports
+	$(PY) -m contoso_recs.recommender.online_evaluation --lake $(CURDIR)/data/completejourney/lake \
+		--dataset completejourney --cutoff 2017-12-04 --task basket --out reports
+	@if [ -f $(CONTOSO_RECS_DATA_DIR)/models/current.json ]; then \
+		$(PY) -m contoso_recs.recommender.online_evaluation --lake $(CONTOSO_RECS_DATA_DIR)/lake \
+			--dataset synthetic --promoted-from $(CONTOSO_RECS_DATA_DIR)/models \
+			--task next_view --validation-days 3 --out reports; \
+	else echo "no demo model: run make demo for the synthetic online evaluation"; fi
 
 ## Benchmarks at full scale (training: demo-scale lake, also with a 2M-row customer table);
 ## figures go to reports/benchmarks.{md,json}.
-bench: setup
+bench: setup serving-setup
 	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.batch_scoring
 	$(PY) -m benchmarks.training
+	$(PY) -m benchmarks.serving_load
 
 clean:
 	rm -rf data

@@ -6,11 +6,17 @@ from typing import Any
 import dagster as dg
 
 from contoso_recs.automation.clickstream_sensor import clickstream_sensor
-from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job, train_and_promote_job
+from contoso_recs.automation.jobs import (
+    clickstream_job,
+    lake_refresh_job,
+    serving_bundle_job,
+    train_and_promote_job,
+)
 from contoso_recs.automation.weekly import weekly_defs
 from contoso_recs.environment import resolve_environment, resources_for
 from contoso_recs.lake.checks import lake_checks_defs
 from contoso_recs.model.definitions import model_defs
+from contoso_recs.serving.definitions import serving_defs
 from contoso_recs.sources.clickstream import clickstream_defs
 from contoso_recs.sources.customers import customers_defs
 from contoso_recs.sources.product_images import product_images_defs
@@ -29,8 +35,9 @@ def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
         model_defs(),
         weekly_email_defs(),
         weekly_defs(),
+        serving_defs(),
         dg.Definitions(
-            jobs=[lake_refresh_job, clickstream_job, train_and_promote_job],
+            jobs=[lake_refresh_job, clickstream_job, train_and_promote_job, serving_bundle_job],
             sensors=[clickstream_sensor],
         ),
         dg.Definitions(resources=dict(resources)),

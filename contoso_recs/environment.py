@@ -21,6 +21,7 @@ from contoso_recs.resources.crm import LocalCrmFolder
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import LocalLandingZone
 from contoso_recs.resources.model_store import ModelStore
+from contoso_recs.resources.serving_store import ServingStore
 from contoso_recs.resources.transactional import SqliteTransactionalSource
 from contoso_recs.settings import ENVIRONMENT_ENV_VAR, data_dir
 
@@ -59,6 +60,7 @@ def local_resources(root: Path) -> dict[str, Any]:
         "crm": LocalCrmFolder(root=str(crm_root(root))),
         "lake": Lake(root_uri=str(root / "lake")),
         "model_store": ModelStore(root=str(root / "models")),
+        "serving_store": ServingStore(root=str(root / "serving")),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
     }
 

@@ -18,7 +18,12 @@ def test_definitions_load_with_every_lake_table_sensor_and_job(monkeypatch, tmp_
 
     graph = definitions.resolve_asset_graph()
     assert set(LAKE_TABLES) <= set(graph.get_all_asset_keys())
-    assert {key.path[0] for key in graph.get_all_asset_keys()} == {"source", "lake", "model"}
+    assert {key.path[0] for key in graph.get_all_asset_keys()} == {
+        "source",
+        "lake",
+        "model",
+        "serving",
+    }
     assert definitions.resolve_sensor_def("clickstream_sensor")
     assert definitions.resolve_job_def("lake_refresh")
     assert definitions.resolve_job_def("clickstream_hourly")

@@ -1,9 +1,10 @@
-"""Jobs: the lake refresh from the incremental sources, and the hourly clickstream load."""
+"""Jobs: the lake refresh, the hourly clickstream load, training and serving."""
 
 import dagster as dg
 
 from contoso_recs.lake import keys
 from contoso_recs.model.assets import CANDIDATE, EVALUATION, PROMOTED
+from contoso_recs.serving.assets import BUNDLE
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
 
 # What the incremental sources bring; product views arrive hour by hour through their sensor.
@@ -31,6 +32,14 @@ clickstream_job = dg.define_asset_job(
 
 train_and_promote_job = dg.define_asset_job(
     "train_and_promote",
-    selection=dg.AssetSelection.assets(CANDIDATE, EVALUATION, PROMOTED),
-    description="Train a candidate, evaluate it beside the baselines, promote it through the gate.",
+    selection=dg.AssetSelection.assets(CANDIDATE, EVALUATION, PROMOTED, BUNDLE),
+    description="Train a candidate, evaluate it beside the baselines, promote it through the gate "
+    "and publish its serving bundle.",
+)
+
+serving_bundle_job = dg.define_asset_job(
+    "serving_bundle",
+    selection=dg.AssetSelection.assets(BUNDLE),
+    description="Republish the promoted model's serving bundle with the customers' latest "
+    "purchases.",
 )

@@ -14,6 +14,7 @@ import dagster as dg
 
 from contoso_recs.automation.jobs import LAKE_REFRESH_ASSETS
 from contoso_recs.model.assets import CANDIDATE, EVALUATION, HOLDOUT_DAYS, PROMOTED
+from contoso_recs.serving.assets import BUNDLE
 from contoso_recs.weekly_email.assets import WEEKLY_PARTITIONS, WEEKLY_TOP5, freshness_checks
 
 WEEK_TAG = "contoso_recs/week"
@@ -25,9 +26,11 @@ FIRST_LOOKBACK = timedelta(days=1)
 
 weekly_retrain_job = dg.define_asset_job(
     "weekly_retrain",
-    selection=dg.AssetSelection.assets(*LAKE_REFRESH_ASSETS, CANDIDATE, EVALUATION, PROMOTED),
+    selection=dg.AssetSelection.assets(
+        *LAKE_REFRESH_ASSETS, CANDIDATE, EVALUATION, PROMOTED, BUNDLE
+    ),
     description="Refresh the lake, train a candidate on everything before the week's holdout, "
-    "evaluate it, and promote it if it passes the gate.",
+    "evaluate it, and promote it and publish its serving bundle if it passes the gate.",
 )
 
 weekly_email_job = dg.define_asset_job(

@@ -33,6 +33,9 @@ def markdown(results: dict, chart_name: str) -> str:
         "(task B: those with a product new to them). Blend weights are tuned on the two "
         "weeks before the cutoff, scored by a model trained before them.",
         "",
+        "Real-time recommendations (the product page, one viewed product at a time) are "
+        "evaluated in [evaluation_online.md](evaluation_online.md).",
+        "",
     ]
     for dataset, cutoffs in results.items():
         for cutoff, result in cutoffs.items():
