@@ -107,6 +107,14 @@ def test_the_week_is_written_after_retraining_and_again_with_the_old_model_if_th
     schedule_context = dg.build_schedule_context(
         instance=instance, scheduled_execution_time=MONDAY_3AM
     )
+    # Before any model is promoted the week is still written, from the blend's other signals.
+    unranked = write_week(definitions, instance, dg.RunRequest(partition_key=WEEK))
+    assert unranked.success
+    assert all(checks(unranked).values())
+    metadata = materialization(unranked, "lake", "weekly_top5")
+    assert metadata["model_version"] == "none"
+    assert "no model has been promoted before" in metadata["promotion"]
+
     # On 200 customers the gate's outcome is noise: let this first candidate through.
     with monkeypatch.context() as patched:
         patched.setattr(gate, "gate_failures", lambda candidate, promoted: [])

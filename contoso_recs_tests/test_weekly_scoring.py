@@ -199,3 +199,16 @@ def test_a_catalogue_too_small_for_the_repurchase_policy_is_a_clear_error(lake, 
 
     with pytest.raises(ValueError, match="fewer than 5 products may be shown"):
         table(small, trained, SHIPPED_BLENDS["B"])
+
+
+def test_without_a_promoted_model_every_customer_still_gets_5_from_the_other_signals(lake):
+    rows = weekly_recommendations(lake, None, WEEK, SHIPPED_BLENDS["A"], "none")
+
+    per_customer = rows.group_by("customer_id").agg(pl.col("product_id").n_unique())
+    assert set(per_customer["customer_id"]) == set(range(40)) | {COLD}
+    assert per_customer["product_id"].unique().to_list() == [5]
+    assert rows["model_version"].unique().to_list() == ["none"]
+    assert LIKE_YOU not in set(rows["reason"])  # nothing comes from a profile without a model
+    owned = bought_before_week(lake)
+    assert set(rows.join(owned, on=["customer_id", "product_id"])["reason"]) == {BOUGHT_BEFORE}
+    assert DISCONTINUED not in set(rows["product_id"])

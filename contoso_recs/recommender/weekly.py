@@ -24,7 +24,7 @@ profile), `popular_in_your_categories` and `popular_now`.
 
 import logging
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime
 
 import numpy as np
@@ -93,7 +93,7 @@ class WeeklyScorer:
     as_of: datetime
     config: BlendConfig
     k: int
-    trained: TrainedModel
+    trained: TrainedModel | None  # None: no model passed the gate yet, the blend goes without
     customer_ids: np.ndarray
     bought: pl.DataFrame  # purchases before the week, sorted by customer
     bought_customers: np.ndarray  # the customer_id column of `bought`
@@ -109,12 +109,14 @@ class WeeklyScorer:
     def prepare(
         cls,
         frames: LakeFrames,
-        trained: TrainedModel,
+        trained: TrainedModel | None,
         week_start: date | datetime,
         config: BlendConfig,
         k: int = K,
         customer_ids: np.ndarray | None = None,
     ) -> "WeeklyScorer":
+        """Prepare the week; without a model (`trained` None) the blend ranks by its other
+        signals alone: repeat purchases, co-purchases, categories and best sellers."""
         as_of = as_cutoff(week_start)
         products = catalogue(frames, as_of)
         if products.height < k:
@@ -126,10 +128,15 @@ class WeeklyScorer:
         bought = before(purchases(frames), as_of).sort("customer_id", "at")
         if customer_ids is None:
             customer_ids = eligible_customers(frames, as_of)
-        positions = product_positions(trained.vocab, index.product_ids)
-        known = positions > 0
-        vectors = trained.product_vectors()[positions]
-        vectors[~known] = 0.0
+        if trained is None:
+            config = replace(config, model_weight=0.0)
+            known = np.ones(len(index), dtype=bool)
+            vectors = np.zeros((len(index), 1), dtype=np.float32)
+        else:
+            positions = product_positions(trained.vocab, index.product_ids)
+            known = positions > 0
+            vectors = trained.product_vectors()[positions]
+            vectors[~known] = 0.0
         half_lives = (config.repeat_half_life_days,)
         signals = Signals.of(
             bought,
@@ -168,15 +175,19 @@ class WeeklyScorer:
         ids = self.customer_ids[rows]
         start, stop = np.searchsorted(self.bought_customers, [ids[0], ids[-1] + 1])
         history = self.bought.slice(start, stop - start)
-        vectors = self.trained.customer_vectors(history, self.profiles, ids, self.as_of)
         owned = self.signals.strengths[self.config.repeat_half_life_days][rows]
-        model_top, _ = batch_scoring.top_k(
-            vectors,
-            self.prepared,
-            min(MODEL_CANDIDATES, self.prepared.count) or 1,
-            exclude=None if self.config.allow_repeats else (owned.indptr, owned.indices),
-        )
-        model_top = model_top.astype(np.int64)
+        if self.trained is None:
+            vectors = np.zeros((len(ids), 1), dtype=np.float32)
+            model_top = np.full((len(ids), 0), -1, dtype=np.int64)
+        else:
+            vectors = self.trained.customer_vectors(history, self.profiles, ids, self.as_of)
+            model_top, _ = batch_scoring.top_k(
+                vectors,
+                self.prepared,
+                min(MODEL_CANDIDATES, self.prepared.count) or 1,
+                exclude=None if self.config.allow_repeats else (owned.indptr, owned.indices),
+            )
+            model_top = model_top.astype(np.int64)
 
         def model_score(pool: np.ndarray) -> np.ndarray:
             safe = np.maximum(pool, 0)
@@ -216,13 +227,18 @@ class WeeklyScorer:
         """
         terms = contributions(pool, self.config)
         groups = {
-            "model": ("model", "co_purchase"),
+            "model": ("model", "co_purchase") if self.trained else ("co_purchase",),
             "category": ("category",),
             "popularity": ("popularity", "trend"),
         }
         lifts = []
         for names in groups.values():
-            value = sum(terms[name] for name in names if name in terms)
+            present = [terms[name] for name in names if name in terms]
+            value = (
+                sum(present)
+                if present
+                else np.full(slots.shape[:1] + terms["model"].shape[1:], -np.inf)
+            )
             finite = np.where(np.isfinite(value) & (pool.positions >= 0), value, np.nan)
             with warnings.catch_warnings():  # a row with no finite value has no median: 0
                 warnings.simplefilter("ignore", RuntimeWarning)
@@ -271,7 +287,7 @@ class WeeklyScorer:
 
 def weekly_recommendations(
     frames: LakeFrames,
-    trained: TrainedModel,
+    trained: TrainedModel | None,
     week_start: date | datetime,
     config: BlendConfig,
     model_version: str,
@@ -282,6 +298,7 @@ def weekly_recommendations(
     """The week's table: k rows per eligible customer, with product name, price and image.
 
     `image_refs` maps product_id to image_ref (where the email system finds the picture).
+    Without a model (`trained` None) the blend ranks by its other signals alone.
     """
     scorer = WeeklyScorer.prepare(frames, trained, week_start, config, k)
     n = len(scorer.customer_ids)

@@ -22,6 +22,8 @@ WEEKLY_PARTITIONS = dg.WeeklyPartitionsDefinition(
 )
 K = 5
 DEADLINE_CRON = "0 9 * * 1"
+# The model_version of a week written before any model passed the promotion gate.
+NO_MODEL = "none"
 CHECKS = {
     "five_per_customer": "Exactly 5 products for every customer known before the week.",
     "no_duplicate_products": "No product twice in a customer's list.",
@@ -51,7 +53,7 @@ def image_refs(lake: Lake) -> pl.DataFrame:
     ).unique("product_id", keep="last")
 
 
-def promotion_note(instance: dg.DagsterInstance, promoted: str) -> str | None:
+def promotion_note(instance: dg.DagsterInstance, promoted: str | None) -> str | None:
     """Why the latest candidate is not the promoted model, or None when it is."""
     event = instance.get_latest_materialization_event(CANDIDATE)
     if event is None or event.asset_materialization is None:
@@ -95,36 +97,38 @@ def weekly_top5(
     if config.blend not in SHIPPED_BLENDS:
         raise ValueError(f"blend must be one of {sorted(SHIPPED_BLENDS)}, not {config.blend!r}")
     version = model_store.current_version()
-    if version is None:
-        raise ValueError(
-            f"no model has been promoted in {model_store.root} yet (a candidate becomes the "
-            "promoted model only through the promotion gate): no table can be written"
-        )
-    card = model_store.card(version)
-    if date.fromisoformat(card["cutoff"]) > week.date():
+    card = model_store.card(version) if version else {}
+    if version and date.fromisoformat(card["cutoff"]) > week.date():
         raise ValueError(
             f"the promoted model {version} was trained on orders up to {card['cutoff']}, after "
             f"the start of week {context.partition_key}: train and promote a model with a cutoff "
             "on or before it to write this week"
         )
     note = promotion_note(context.instance, version)
-    if note:
+    if version is None:
+        note = (
+            f"{note or 'no model has been trained yet'}, and no model has been promoted before: "
+            "this week's table ranks by the blend's other signals alone (repeat purchases, "
+            "co-purchases, categories, best sellers)"
+        )
+        context.log.warning(note)
+    elif note:
         context.log.warning(f"{note}; this week's table uses the promoted model {version}")
 
     versions = lake_versions(lake)
     frames = read_lake(lake.root_uri, versions)
-    trained = TrainedModel.load(model_store.version_dir(version), device="cpu")
+    trained = TrainedModel.load(model_store.version_dir(version), device="cpu") if version else None
     blend = SHIPPED_BLENDS[config.blend]
     context.log.info(
-        f"scoring week {context.partition_key} with model {version} (blend {config.blend}, "
-        f"repeats allowed: {blend.allow_repeats}), lake {versions}"
+        f"scoring week {context.partition_key} with model {version or NO_MODEL} "
+        f"(blend {config.blend}, repeats allowed: {blend.allow_repeats}), lake {versions}"
     )
     table = weekly_recommendations(
         frames,
         trained,
         week,
         blend,
-        version,
+        version or NO_MODEL,
         k=K,
         chunk_customers=config.chunk_customers,
         image_refs=image_refs(lake),
@@ -150,8 +154,8 @@ def weekly_top5(
             "customers": dg.MetadataValue.int(written["customer_id"].n_unique()),
             "distinct_products": dg.MetadataValue.int(written["product_id"].n_unique()),
             "reasons": dg.MetadataValue.json(reasons),
-            "model_version": dg.MetadataValue.text(version),
-            "model_cutoff": dg.MetadataValue.text(card["cutoff"]),
+            "model_version": dg.MetadataValue.text(version or NO_MODEL),
+            "model_cutoff": dg.MetadataValue.text(card.get("cutoff", "")),
             "blend": dg.MetadataValue.json({"name": config.blend, **blend.to_json()}),
             "lake_versions": dg.MetadataValue.json(versions),
             "promotion": dg.MetadataValue.text(note or f"{version} is the latest candidate"),
