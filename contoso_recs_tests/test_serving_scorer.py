@@ -272,3 +272,17 @@ def test_the_fast_top_k_is_exactly_a_full_sort(k):
 
     expected = np.argsort(-scores, kind="stable")[:k]
     assert _top_k(scores, k).tolist() == expected.tolist()
+
+
+def test_publishing_keeps_the_three_newest_bundles_and_always_the_live_one(tmp_path):
+    from contoso_recs.serving.publish import remove_old_bundles
+
+    folders = [write_small_bundle(tmp_path, f"v{i}") for i in range(5)]
+    for age, folder in enumerate(reversed(folders)):  # v4 newest, v0 oldest
+        os.utime(folder / "manifest.json", (1_000_000 - age, 1_000_000 - age))
+
+    removed = remove_old_bundles(tmp_path, keep=folders[0])
+
+    assert sorted(p.name for p in removed) == ["v1"]
+    left = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    assert left == ["v0", "v2", "v3", "v4"]

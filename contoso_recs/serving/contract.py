@@ -156,7 +156,12 @@ def openapi_document() -> dict:
                             "maximum": MAX_K,
                             "default": DEFAULT_K,
                         },
-                        "exclude": {"type": "array", "maxItems": MAX_EXCLUDE, "items": identifier},
+                        "exclude": {
+                            "type": "array",
+                            "nullable": True,
+                            "maxItems": MAX_EXCLUDE,
+                            "items": identifier,
+                        },
                     },
                 },
                 "ScoreResponse": {

@@ -11,6 +11,7 @@ the most popular products of the last 4 weeks (the fallback).
 import argparse
 import json
 import logging
+import shutil
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -31,11 +32,13 @@ from contoso_recs.recommender.data import (
 )
 from contoso_recs.recommender.encoding import product_positions
 from contoso_recs.recommender.train import TrainedModel
-from contoso_recs.serving.bundle import POINTER, Policy, publish, write_bundle
+from contoso_recs.serving.bundle import MANIFEST, POINTER, Policy, publish, write_bundle
 
 log = logging.getLogger(__name__)
 
 SERVING_DIR = "serving"
+# Bundles kept on disk: the live one and the two before it, to go back to by moving the pointer.
+KEEP_BUNDLES = 3
 # The product page's policy, chosen on validation days of the synthetic clickstream (see
 # reports/evaluation_online.md): the customer's taste counts twice the viewed product, a little
 # popularity, and products bought before may show: the next product a customer looks at is often
@@ -136,13 +139,16 @@ def build_and_publish(
         **arrays,
     )
     publish(serving_root, folder, model_version)
+    removed = remove_old_bundles(serving_root, keep=folder)
     size = sum(p.stat().st_size for p in folder.iterdir())
     log.info(
-        "published serving bundle of model %s: %d products, %d customers, %.1f MB",
+        "published serving bundle of model %s: %d products, %d customers, %.1f MB; "
+        "removed %d older bundles",
         model_version,
         len(arrays["product_ids"]),
         len(arrays["customer_ids"]),
         size / 1e6,
+        len(removed),
     )
     return Published(
         model_version,
@@ -152,6 +158,23 @@ def build_and_publish(
         len(arrays["owned_indices"]),
         size,
     )
+
+
+def remove_old_bundles(serving_root: Path, keep: Path, count: int = KEEP_BUNDLES) -> list[Path]:
+    """Delete all but the `count` newest bundles (never `keep`, the live one).
+
+    A server still answering from a deleted bundle is unaffected: its files stay readable
+    through the open memory maps until it swaps.
+    """
+    bundles = sorted(
+        (p for p in serving_root.iterdir() if (p / MANIFEST).exists()),
+        key=lambda p: (p / MANIFEST).stat().st_mtime,
+        reverse=True,
+    )
+    old = [p for p in bundles[count:] if p.resolve() != keep.resolve()]
+    for folder in old:
+        shutil.rmtree(folder, ignore_errors=True)
+    return old
 
 
 def live_version(serving_root: Path) -> str | None:
