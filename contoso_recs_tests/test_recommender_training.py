@@ -206,10 +206,10 @@ def test_logq_weight_scales_the_correction_the_loss_gets(monkeypatch):
 def test_a_bundle_saved_before_logq_weight_existed_loads_as_trained_with_the_plain_correction(
     tmp_path,
 ):
-    trained = train(synthetic_lake(), CUTOFF, replace(TINY, epochs=1))
+    trained = train(synthetic_lake(), CUTOFF, replace(TINY, epochs=1, logq_weight=1.5))
     trained.save(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
+    assert config["logq_weight"] == 1.5
     del config["logq_weight"]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    assert trained.config.logq_weight == 1.5  # the default now
     assert TrainedModel.load(tmp_path, device="cpu").config.logq_weight == 1.0
