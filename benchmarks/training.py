@@ -2,7 +2,7 @@
 
 `python -m benchmarks.training` trains the model (`contoso_recs.recommender.train.train`, the
 settings the Dagster demo uses: 2 epochs) on the demo-scale synthetic lake, twice, each in its own
-process so that its peak memory is its own:
+process so that its peak memory is its own, with 1 and with 2 PyTorch threads:
 
 - `demo`: the demo lake as it is (20,000 customers);
 - `2m_customers`: the same orders with a customer table of 2,000,000 rows. The full-scale
@@ -43,43 +43,46 @@ HOLDOUT_DAYS = 7
 TARGET_EXAMPLES_PER_SECOND = 40_000
 
 
-def run(lake: Path | None, customers: int, epochs: int, threads: int) -> dict:
-    """Measure both variants, preparing the demo lake first when there is none."""
+def run(lake: Path | None, customers: int, epochs: int, threads: list[int]) -> dict:
+    """Measure both variants at each thread count, preparing the demo lake when there is none."""
     with tempfile.TemporaryDirectory(prefix="training_bench_") as scratch:
         if lake is None or not (lake / "orders").exists():
             lake = demo_lake(Path(scratch))
-        figures = {
-            variant: measure_in_subprocess(variant, lake, customers, epochs, threads)
+        measured = {
+            f"{variant}_{n}_thread{'s' if n > 1 else ''}": measure_in_subprocess(
+                variant, lake, customers, epochs, n
+            )
+            for n in threads
             for variant in ("demo", "2m_customers")
         }
-    demo, big = figures["demo"], figures["2m_customers"]
-    return {
+    figures = {
         "description": "Two-tower training (`contoso_recs.recommender.train.train`, "
         f"{epochs} epochs as in the Dagster demo) on the demo-scale synthetic lake, with its own "
-        f"customer table and with a {customers:,}-row customer table (profiles built in the "
-        "benchmark from the demo customers' bands, without orders; the full-scale generator's "
-        "output is not used), each in its own process on the CPU. Examples per second: the "
+        f"customer table (`demo_*`) and with a {customers:,}-row customer table "
+        "(`2m_customers_*`: profiles built in the benchmark from the demo customers' bands, "
+        "without orders; the full-scale generator's output is not used), each in its own "
+        f"process on the CPU with {' and '.join(map(str, threads))} PyTorch thread(s). "
+        "Examples per second: the "
         "training loop's examples per epoch over the epoch's wall time, mean of the epochs; "
-        "`seconds` is the whole `train` call, building the examples included.",
+        "`seconds` is the whole `train` call, building the examples included. The machine is "
+        "shared: `load_average` is the 1-minute load as each run finished, and on a busy "
+        "2-core machine 2 threads can be several times slower than 1.",
         "epochs": epochs,
-        "threads": threads,
         "target_examples_per_second": TARGET_EXAMPLES_PER_SECOND,
-        "demo_customers": demo["customers"],
-        "demo_examples": demo["examples"],
-        "demo_examples_per_second": demo["examples_per_second"],
-        "demo_epoch_examples_per_second": demo["epoch_examples_per_second"],
-        "demo_seconds": demo["seconds"],
-        "demo_peak_rss_mib": demo["peak_rss_mib"],
-        "demo_load_average": demo["load_average"],
-        "2m_customers_customers": big["customers"],
-        "2m_customers_examples": big["examples"],
-        "2m_customers_examples_per_second": big["examples_per_second"],
-        "2m_customers_epoch_examples_per_second": big["epoch_examples_per_second"],
-        "2m_customers_seconds": big["seconds"],
-        "2m_customers_peak_rss_mib": big["peak_rss_mib"],
-        "2m_customers_load_average": big["load_average"],
-        "torch_version": demo["torch_version"],
+        "torch_version": next(iter(measured.values()))["torch_version"],
     }
+    for name, run_figures in measured.items():
+        for key in (
+            "customers",
+            "examples",
+            "examples_per_second",
+            "epoch_examples_per_second",
+            "seconds",
+            "peak_rss_mib",
+            "load_average",
+        ):
+            figures[f"{name}_{key}"] = run_figures[key]
+    return figures
 
 
 def demo_lake(scratch: Path) -> Path:
@@ -98,7 +101,7 @@ def demo_lake(scratch: Path) -> Path:
 def measure_in_subprocess(
     variant: str, lake: Path, customers: int, epochs: int, threads: int
 ) -> dict:
-    print(f"training on {variant} ...", file=sys.stderr, flush=True)
+    print(f"training on {variant}, {threads} thread(s) ...", file=sys.stderr, flush=True)
     completed = subprocess.run(
         [
             *(sys.executable, "-m", "benchmarks.training", "--measure", variant, str(lake)),
@@ -171,13 +174,13 @@ def main() -> None:
     parser.add_argument("--lake", type=Path, default=DEFAULT_LAKE)
     parser.add_argument("--customers", type=int, default=CUSTOMERS)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--threads", type=int, nargs="+", default=sorted({1, os.cpu_count() or 1}))
     parser.add_argument("--no-record", action="store_true", help="print the figures only")
     parser.add_argument("--measure", nargs=2, metavar=("VARIANT", "LAKE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
         variant, lake = args.measure
-        figures = measure(variant, Path(lake), args.customers, args.epochs, args.threads)
+        figures = measure(variant, Path(lake), args.customers, args.epochs, args.threads[0])
         print(json.dumps({**figures, "peak_rss_mib": peak_rss_mib()}))
         return
     figures = run(args.lake, args.customers, args.epochs, args.threads)

@@ -1,5 +1,6 @@
 """Two-tower training: the loss it optimises, that it learns, and that a seed reproduces it."""
 
+import json
 import math
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -180,3 +181,35 @@ def test_model_bundle_round_trips(tmp_path):
         "model.pt",
         "vocabulary.json",
     ]
+
+
+def test_logq_weight_scales_the_correction_the_loss_gets(monkeypatch):
+    from contoso_recs.recommender import train as train_module
+
+    seen = {}
+    real_loss = train_module.in_batch_loss
+
+    def recording_loss(customers, products, positions, snapshots, log_q, temperature):
+        seen.setdefault("log_q", []).append(log_q.clone())
+        return real_loss(customers, products, positions, snapshots, log_q, temperature)
+
+    monkeypatch.setattr(train_module, "in_batch_loss", recording_loss)
+    train(synthetic_lake(), CUTOFF, replace(TINY, epochs=1, logq_weight=1.0))
+    plain = seen.pop("log_q")
+    train(synthetic_lake(), CUTOFF, replace(TINY, epochs=1, logq_weight=2.0))
+    doubled = seen.pop("log_q")
+    assert len(plain) == len(doubled) > 0
+    for one, two in zip(plain, doubled, strict=True):
+        torch.testing.assert_close(two, 2 * one)
+
+
+def test_a_bundle_saved_before_logq_weight_existed_loads_as_trained_with_the_plain_correction(
+    tmp_path,
+):
+    trained = train(synthetic_lake(), CUTOFF, replace(TINY, epochs=1, logq_weight=1.5))
+    trained.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["logq_weight"] == 1.5
+    del config["logq_weight"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert TrainedModel.load(tmp_path, device="cpu").config.logq_weight == 1.0

@@ -112,7 +112,10 @@ class TrainedModel:
         """A model bundle written by `save`, on `device` (default: CUDA when available)."""
         bundle = Path(bundle_dir)
         vocab = Vocabulary.from_json(json.loads((bundle / "vocabulary.json").read_text()))
-        config = TwoTowerConfig(**json.loads((bundle / "config.json").read_text()))
+        payload = json.loads((bundle / "config.json").read_text())
+        # bundles saved before `logq_weight` existed were trained with the plain correction
+        payload.setdefault("logq_weight", 1.0)
+        config = TwoTowerConfig(**payload)
         state = torch.load(bundle / "model.pt", map_location="cpu", weights_only=True)
         model = TwoTower.from_state(config, vocab_sizes(vocab), state)
         model.to(device or default_device())
@@ -273,7 +276,7 @@ def fit(
                 model.product_vectors(positions),
                 positions,
                 owner,
-                log_q[positions] if config.logq_correction else None,
+                config.logq_weight * log_q[positions] if config.logq_correction else None,
                 config.temperature,
             )
             sparse_opt.zero_grad()
