@@ -36,6 +36,7 @@ from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandingZone
 from contoso_recs.resources.model_store import ModelStore
+from contoso_recs.resources.serving_store import ServingStore
 from contoso_recs.settings import ENVIRONMENT_ENV_VAR
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
 from contoso_recs.weekly_email.assets import TABLE as WEEKLY_TABLE
@@ -45,6 +46,9 @@ Report = Callable[[str], None]
 RUN_CONFIG = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 # Two epochs keep the demo short; the evaluation and `make evaluate` train longer.
 DEMO_TRAINING = {"epochs": 2}
+# Orders a backtest needs before its week: the candidate trains on those before the 7 days
+# preceding the week, and the blend's 4-week popularity needs 28 days.
+BACKTEST_HISTORY_DAYS = 28
 
 
 @dataclass(frozen=True)
@@ -231,14 +235,26 @@ def model_summary(store: ModelStore) -> list[str]:
     lines = [
         f"Promoted model {version} ({store.version_dir(version)}), trained before {card['cutoff']}"
     ]
+    lines.append(
+        "  HR@5 / NDCG@5 on the week after its cutoff: the shipped blend (this model's "
+        "candidates with repeat purchases, co-purchases, categories and popularity) beside the "
+        "model alone and the baselines"
+    )
+    names = {
+        "blend": "shipped blend",
+        "two_tower": "model alone",
+        "buy_again": "buy again",
+        "popularity": "popularity",
+    }
     for task, label in (("A", "any product"), ("B", "products new to the customer")):
         figures = card.get("evaluation", {}).get(task, {})
-        if "blend" in figures:
-            lines.append(
-                f"  task {task} ({label}): HR@5 {figures['blend']['hr@5']:.3f} "
-                f"(popularity {figures['popularity']['hr@5']:.3f}), "
-                f"NDCG@5 {figures['blend']['ndcg@5']:.3f}"
-            )
+        shown = [
+            f"{name} {figures[method]['hr@5']:.3f} / {figures[method]['ndcg@5']:.3f}"
+            for method, name in names.items()
+            if method in figures
+        ]
+        if shown:
+            lines.append(f"  task {task} ({label}): " + ", ".join(shown))
     return lines
 
 
@@ -304,6 +320,25 @@ def prepare_sources(data_dir: Path, dataset: str, scale: str, seed: int, report:
     return True
 
 
+def backtest_week_problem(manifest: dict, week: date) -> str | None:
+    """Why `week` cannot be backtested on the sources of `manifest`, or None if it can: the
+    week must start before the data ends, with at least BACKTEST_HISTORY_DAYS of orders
+    before it to train on."""
+    start = datetime.fromisoformat(manifest["history_start"]).date()
+    end = datetime.fromisoformat(manifest["history_end"]).date()
+    first = week_of(datetime.combine(start, datetime.min.time(), tzinfo=UTC)) + timedelta(
+        days=BACKTEST_HISTORY_DAYS + 7
+    )
+    last = week_of(datetime.combine(end - timedelta(days=1), datetime.min.time(), tzinfo=UTC))
+    if first <= week <= last:
+        return None
+    return (
+        f"the {manifest['dataset']} orders run from {start} to {end}: a backtest needs "
+        f"{BACKTEST_HISTORY_DAYS} days of orders before the week to train on and a week the data "
+        f"reaches, so pick a Monday from {first} to {last}"
+    )
+
+
 def demo(
     data_dir: Path,
     dataset: str,
@@ -318,8 +353,10 @@ def demo(
     step; True on success.
 
     A backtest (`backtest=True`, `week` in the past) trains with the full number of epochs and
-    keeps its models apart, under models/backtests/<week>, so it never changes which model the
-    live flow has promoted; its table is the week's partition of the lake's weekly table.
+    keeps everything but the lake apart, under backtests/<week>/: its own Dagster instance, model
+    versions and serving bundle, so it never changes which model the live flow has promoted or
+    serves, nor what the live instance records; its table is the week's partition of the lake's
+    weekly table.
     """
     dagster_home = data_dir / "dagster_home"
     environment = resolve_environment()
@@ -333,14 +370,21 @@ def demo(
         report(f"{week} is a {week:%A}: a week starts on a Monday")
         return False
     prepare_sources(data_dir, dataset, scale, seed, report)
+    if backtest and (problem := backtest_week_problem(layout.read_manifest(data_dir), week)):
+        report(problem)
+        return False
     forget_lake_of_other_sources(data_dir, dagster_home, report)
-    instance = local_instance(dagster_home)
     resources = local_resources(data_dir)
     if backtest:
-        resources["model_store"] = ModelStore(
-            root=str(data_dir / "models" / "backtests" / week.isoformat())
+        apart = data_dir / "backtests" / week.isoformat()
+        dagster_home = apart / "dagster_home"
+        resources["model_store"] = ModelStore(root=str(apart / "models"))
+        resources["serving_store"] = ServingStore(root=str(apart / "serving"))
+        report(
+            f"Backtest of the week of {week}: its runs, models and serving bundle are kept in "
+            f"{apart}; the live instance, promoted model and serving bundle are left as they are"
         )
-        report(f"Backtest models are kept in {resources['model_store'].root}")
+    instance = local_instance(dagster_home)
     definitions = build_definitions(resources)
     training = {} if backtest else DEMO_TRAINING
     outcomes = run_main_job(definitions, instance, report, train_model, week, training)
@@ -365,5 +409,9 @@ def demo(
             report(line)
     report("")
     report(f"Dagster instance: {dagster_home}")
-    report("Open the UI on it with `make ui`, then http://127.0.0.1:3000 (Assets, Runs).")
+    ui = f"make ui DAGSTER_HOME={dagster_home}" if backtest else "make ui"
+    report(
+        f"Open the UI on it with `{ui}`, then http://127.0.0.1:3000 (Lineage, Catalog, Runs, "
+        "Automation)."
+    )
     return all(outcome.success for outcome in outcomes)

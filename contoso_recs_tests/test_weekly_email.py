@@ -1,5 +1,6 @@
 """The weekly flow on a real ephemeral Dagster instance: schedule, retraining, sensor, table."""
 
+import json
 from datetime import UTC, date, datetime
 
 import dagster as dg
@@ -193,3 +194,48 @@ def test_a_backtest_week_must_be_a_monday(tmp_path):
     assert not demo(tmp_path, "synthetic", "tiny", 0, said.append, week=date(2026, 11, 24))
     assert said == ["2026-11-24 is a Tuesday: a week starts on a Monday"]
     assert not (tmp_path / "sources").exists()
+
+
+def test_a_backtest_week_outside_the_data_is_refused_before_the_lake_is_touched(tmp_path):
+    said = []
+
+    assert not demo(
+        tmp_path, "synthetic", "tiny", 0, said.append, week=date(2030, 1, 7), backtest=True
+    )
+    assert said[-1] == (
+        "the synthetic orders run from 2026-09-01 to 2026-11-30: a backtest needs 28 days of "
+        "orders before the week to train on and a week the data reaches, so pick a Monday from "
+        "2026-10-05 to 2026-11-23"
+    )
+    assert not (tmp_path / "lake").exists()
+    assert not demo(
+        tmp_path, "synthetic", "tiny", 0, said.append, week=date(2026, 9, 28), backtest=True
+    )
+    assert said[-1].endswith("pick a Monday from 2026-10-05 to 2026-11-23")
+
+
+def test_a_backtest_leaves_the_live_instance_model_and_serving_bundle_alone(tmp_path):
+    """The live promoted model and serving bundle are stand-in pointer files: the backtest must
+    neither move them nor record runs in the live instance; its table lands in the lake."""
+    live_model = tmp_path / "models" / "current.json"
+    live_bundle = tmp_path / "serving" / "current.json"
+    for pointer in (live_model, live_bundle):
+        pointer.parent.mkdir(parents=True)
+        pointer.write_text('{"model_version": "live"}')
+    said = []
+
+    assert demo(
+        tmp_path, "synthetic", "tiny", 0, said.append, week=date(2026, 11, 23), backtest=True
+    )
+
+    assert live_model.read_text() == live_bundle.read_text() == '{"model_version": "live"}'
+    apart = tmp_path / "backtests" / "2026-11-23"
+    promoted = json.loads((apart / "models" / "current.json").read_text())["version"]
+    assert json.loads((apart / "serving" / "current.json").read_text())["model_version"] == (
+        promoted
+    )
+    assert not (tmp_path / "dagster_home").exists()  # no run recorded in the live instance
+    table = pl.read_delta(str(tmp_path / "lake" / "weekly_top5"))
+    assert table["week"].unique().to_list() == [date(2026, 11, 23)]
+    assert set(table["model_version"]) == {promoted}
+    assert f"Open the UI on it with `make ui DAGSTER_HOME={apart / 'dagster_home'}`" in said[-1]
