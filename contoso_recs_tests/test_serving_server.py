@@ -121,7 +121,12 @@ def test_the_api_key_is_required_when_configured(bundles, tmp_path):
         )
     finally:
         keyed.stop()
-    assert API_KEY not in (tmp_path / "keyed.log").read_text()
+    log = (tmp_path / "keyed.log").read_text()
+    assert API_KEY not in log
+    # the scoring script's own lines reach the server log: what is served, and each refusal
+    assert "contoso_recs.serving - API key required: yes" in log
+    assert "contoso_recs.serving.scorer - serving model v1" in log
+    assert log.count("contoso_recs.serving - answered 401: no valid API key") == 2
 
 
 def test_a_new_bundle_is_picked_up_under_requests_without_dropping_any(tmp_path):
@@ -151,6 +156,7 @@ def test_a_new_bundle_is_picked_up_under_requests_without_dropping_any(tmp_path)
             client.join()
         live.stop()
 
+    assert "now serving model v2 (was v1)" in (tmp_path / "swap.log").read_text()
     for client, seen in answers.items():
         versions = [version for _, version in seen]
         assert {status for status, _ in seen} == {200}, f"client {client} got an error"

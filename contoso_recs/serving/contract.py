@@ -135,7 +135,6 @@ def openapi_document() -> dict:
                         "401": {**error, "description": "Missing or wrong API key"},
                         "405": {**error, "description": "Method not allowed"},
                         "413": {**error, "description": "Request body too large"},
-                        "415": {**error, "description": "Unsupported content type"},
                     },
                 }
             }

@@ -77,6 +77,7 @@ def run(request):
         if request.method != "POST":
             return _reply(405, {"message": "use POST with a JSON body"}, {"Allow": "POST"})
         if _api_key is not None and not _authorised(request.headers.get("Authorization", "")):
+            log.info("answered 401: no valid API key")
             return _reply(
                 401, {"message": "a valid API key is required"}, {"WWW-Authenticate": "Bearer"}
             )
@@ -84,6 +85,7 @@ def run(request):
         score_request = parse_request(body)
         return _reply(200, _live.scorer().recommend(score_request))
     except RequestError as error:
+        log.info("answered %d: %r", error.status, error.message)
         return _reply(error.status, {"message": error.message})
     except Exception as error:  # never a stack trace, nor the request, in the answer
         log.error("scoring failed: %s", type(error).__name__)
