@@ -98,6 +98,7 @@ bench: setup serving-setup
 	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.batch_scoring
+	$(PY) -m benchmarks.weekly_table
 	$(PY) -m benchmarks.training
 	$(PY) -m benchmarks.serving_load
 

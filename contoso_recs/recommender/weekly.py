@@ -301,6 +301,17 @@ def weekly_recommendations(
     Without a model (`trained` None) the blend ranks by its other signals alone.
     """
     scorer = WeeklyScorer.prepare(frames, trained, week_start, config, k)
+    return weekly_table(scorer, frames, model_version, chunk_customers, image_refs)
+
+
+def weekly_table(
+    scorer: WeeklyScorer,
+    frames: LakeFrames,
+    model_version: str,
+    chunk_customers: int = CHUNK_CUSTOMERS,
+    image_refs: pl.DataFrame | None = None,
+) -> pl.DataFrame:
+    """The table of a prepared week: every customer scored a chunk at a time, with details."""
     n = len(scorer.customer_ids)
     parts = []
     for start in range(0, n, chunk_customers):
