@@ -193,13 +193,15 @@ def als(
         matrix = matrix.astype(np.float32)
     else:
         raise ValueError(f"weighting must be 'log' or 'bm25', not {weighting!r}")
-    model = AlternatingLeastSquares(
-        factors=factors,
-        regularization=regularization,
-        iterations=iterations,
-        random_state=seed,
-    )
-    with threadpool_limits(1, "blas"):  # implicit runs its own threads; BLAS ones would fight
+    # implicit runs its own threads, so BLAS gets one (implicit checks this when the model is
+    # built, hence both inside)
+    with threadpool_limits(1, "blas"):
+        model = AlternatingLeastSquares(
+            factors=factors,
+            regularization=regularization,
+            iterations=iterations,
+            random_state=seed,
+        )
         model.fit(matrix, show_progress=False)
     rows_of = np.searchsorted(everyone, customer_ids)
     users = np.asarray(model.user_factors)[rows_of]
