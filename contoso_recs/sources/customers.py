@@ -123,6 +123,7 @@ def customers(
     watermark_after = latest.strftime(CRM_TIMESTAMP) if latest is not None else watermark
     context.log.info(
         f"CRM contacts changed since {watermark or 'the beginning'}: {conformed.summary()}; "
+        f"{write.rows_inserted} new and {write.rows_updated} updated in the lake; "
         f"watermark now {watermark_after}; wrote {write.uri} version {write.version}"
     )
     metadata = {

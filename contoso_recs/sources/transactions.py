@@ -169,7 +169,8 @@ def _extract_table(
     watermark_after = latest_modification(conformed.loaded) or watermark
     context.log.info(
         f"{table} changed since {watermark or 'the beginning'}: {conformed.summary()}; "
-        f"watermark now {watermark_after}; "
+        f"{write.rows_inserted} new and {write.rows_updated} updated in the lake (rows read again "
+        f"at the watermark change nothing); watermark now {watermark_after}; "
         f"wrote {write.uri} version {write.version}"
     )
     return dg.MaterializeResult(
