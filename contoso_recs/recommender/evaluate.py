@@ -53,7 +53,9 @@ VALIDATION_WEEKS = 2
 # Complete Journey (NDCG@5): BM25 weighting lifts task A (.150 against .126) but lowers task B
 # (.017 against .020), so task B keeps the log weighting.
 ALS_PARAMETERS = {"A": {"weighting": "bm25", "alpha": 1.0}, "B": {}}
-METHODS = ("popularity", "buy_again", "item_knn", "als", "two_tower", "blend")
+# `blend`: weights tuned on the weeks before the cutoff; `shipped_blend`: the fixed weights the
+# weekly table and the promotion gate use (blend.SHIPPED_BLENDS), on the same candidates.
+METHODS = ("popularity", "buy_again", "item_knn", "als", "two_tower", "blend", "shipped_blend")
 
 
 @dataclass(frozen=True)
@@ -188,6 +190,8 @@ def evaluate_trained(
             test.owned if task == "B" else None,
         )
         lists["blend"] = blend.recommend(pool, blends[task], LIST_LENGTH)
+        if blends is not blend.SHIPPED_BLENDS:
+            lists["shipped_blend"] = blend.recommend(pool, blend.SHIPPED_BLENDS[task], LIST_LENGTH)
         result[task], result["segments"][task] = {}, {}
         for method in METHODS:
             if method not in lists:

@@ -30,8 +30,10 @@ def markdown(results: dict, chart_name: str) -> str:
     lines += [
         "Temporal holdout: train on purchases before the cutoff, test on the 7 days from it, "
         "whole-catalogue ranking. Test customers: those with a purchase in the test week "
-        "(task B: those with a product new to them). Blend weights are tuned on the two "
-        "weeks before the cutoff, scored by a model trained before them.",
+        "(task B: those with a product new to them). `blend`: weights tuned on the two "
+        "weeks before the cutoff, scored by a model trained before them. `shipped_blend`: the "
+        "fixed weights the weekly top-5 table and the promotion gate use, on the same "
+        "candidates.",
         "",
         "Real-time recommendations (the product page, one viewed product at a time) are "
         "evaluated in [evaluation_online.md](evaluation_online.md).",
