@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from benchmarks.lakes import synthetic_lake
 from benchmarks.report import record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +48,7 @@ def run(lake: Path | None, customers: int, epochs: int, threads: list[int]) -> d
     """Measure both variants at each thread count, preparing the demo lake when there is none."""
     with tempfile.TemporaryDirectory(prefix="training_bench_") as scratch:
         if lake is None or not (lake / "orders").exists():
-            lake = demo_lake(Path(scratch))
+            lake = synthetic_lake(Path(scratch), "demo")
         measured = {
             f"{variant}_{n}_thread{'s' if n > 1 else ''}": measure_in_subprocess(
                 variant, lake, customers, epochs, n
@@ -83,19 +84,6 @@ def run(lake: Path | None, customers: int, epochs: int, threads: list[int]) -> d
         ):
             figures[f"{name}_{key}"] = run_figures[key]
     return figures
-
-
-def demo_lake(scratch: Path) -> Path:
-    """Generate the demo world and load its lake under `scratch` (not timed)."""
-    print(f"building the demo lake under {scratch} ...", file=sys.stderr, flush=True)
-    command = ["demo", "--dataset", "synthetic", "--scale", "demo", "--skip-training"]
-    subprocess.run(
-        [sys.executable, "-m", "contoso_recs.cli", *command, "--data-dir", str(scratch)],
-        cwd=REPO_ROOT,
-        check=True,
-        env={**os.environ, "DAGSTER_HOME": str(scratch / "dagster_home")},
-    )
-    return scratch / "lake"
 
 
 def measure_in_subprocess(

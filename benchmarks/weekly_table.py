@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from benchmarks.lakes import synthetic_lake
 from benchmarks.report import record
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -47,21 +48,6 @@ EPOCHS = 1
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def ensure_lake(data_dir: Path) -> Path:
-    """The full-scale lake under `data_dir`, built by the product from its sources if missing."""
-    lake = data_dir / "lake"
-    if not (lake / "order_lines" / "_delta_log").exists():
-        print(f"building the full-scale lake under {lake} ...", file=sys.stderr, flush=True)
-        command = ["demo", "--dataset", "synthetic", "--scale", "full", "--skip-training"]
-        subprocess.run(
-            [sys.executable, "-m", "contoso_recs.cli", *command, "--data-dir", str(data_dir)],
-            cwd=REPO_ROOT,
-            check=True,
-            env={**os.environ, "DAGSTER_HOME": str(data_dir / "dagster_home")},
-        )
-    return lake
 
 
 def week_after_latest_order(frames) -> "object":
@@ -191,7 +177,7 @@ def main() -> None:
         print(json.dumps({**figures, "peak_rss_mib": peak_rss_mib()}))
         return
 
-    lake = ensure_lake(args.data_dir)
+    lake = synthetic_lake(args.data_dir, "full")
     with tempfile.TemporaryDirectory(prefix="weekly_table_bench_") as scratch:
         model_dir, out = Path(scratch) / "model", Path(scratch) / "weekly_top5"
         training = in_subprocess(

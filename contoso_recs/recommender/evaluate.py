@@ -190,7 +190,7 @@ def evaluate_trained(
             test.owned if task == "B" else None,
         )
         lists["blend"] = blend.recommend(pool, blends[task], LIST_LENGTH)
-        if blends is not blend.SHIPPED_BLENDS:
+        if blends is not blend.SHIPPED_BLENDS:  # a tuned blend: show what ships beside it
             lists["shipped_blend"] = blend.recommend(pool, blend.SHIPPED_BLENDS[task], LIST_LENGTH)
         result[task], result["segments"][task] = {}, {}
         for method in METHODS:
