@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 
 from contoso_recs.recommender.metrics import (
@@ -10,7 +11,10 @@ from contoso_recs.recommender.metrics import (
     coverage,
     evaluate_task,
     hit_rate,
+    interval,
+    intervals,
     ndcg,
+    per_customer,
     recall,
     task_targets,
 )
@@ -81,3 +85,47 @@ def test_evaluation_splits_customers_by_segment():
 def test_a_customer_without_recommendations_counts_as_a_miss():
     overall, _ = evaluate_task({}, {1: {10}}, {}, {}, 10)
     assert overall["hr@5"] == 0.0
+
+
+def test_per_customer_values_follow_the_order_of_the_targets():
+    lists = {1: [10, 11, 12, 13, 14], 2: [20, 21, 22, 23, 24]}
+    targets = {2: {22}, 1: {99}, 3: {30}}
+
+    assert per_customer(lists, targets, "hr@5").tolist() == [1.0, 0.0, 0.0]
+    assert per_customer(lists, targets, "ndcg@5")[0] == pytest.approx(1 / math.log2(4))
+
+
+def test_interval_brackets_the_mean_and_narrows_with_more_customers():
+    rng = np.random.default_rng(3)
+    few = (rng.random(100) < 0.3).astype(float)
+    many = (rng.random(10_000) < 0.3).astype(float)
+
+    low, high = interval(few)
+    assert low < few.mean() < high
+    wide = high - low
+    low, high = interval(many)
+    assert low < many.mean() < high
+    assert high - low < wide / 5  # about 1/sqrt(100) as wide
+
+
+def test_a_method_better_for_some_customers_and_worse_for_none_has_a_positive_difference():
+    targets = {c: {c} for c in range(200)}
+    reference = {c: [1000, 1001, 1002, 1003, 1004] for c in targets}  # never a hit
+    better = {c: ([c] if c % 4 == 0 else []) + [1000, 1001, 1002, 1003] for c in targets}
+
+    result = intervals({"reference": reference, "better": better}, targets, "reference")
+
+    low, high = result["better"]["hr@5 - reference"]
+    assert 0 < low < 0.25 < high
+    assert "hr@5 - reference" not in result["reference"]
+    assert result["reference"]["hr@5"] == [0.0, 0.0]
+
+
+def test_identical_lists_differ_by_exactly_nothing():
+    targets = {c: {c % 7} for c in range(50)}
+    shown = {c: [0, 1, 2, 3, 4] for c in targets}
+
+    result = intervals({"a": shown, "b": dict(shown)}, targets, "a")
+
+    assert result["b"]["hr@5 - a"] == [0.0, 0.0]
+    assert result["b"]["ndcg@5 - a"] == [0.0, 0.0]

@@ -33,7 +33,7 @@ from contoso_recs.recommender.data import (
     read_lake,
     temporal_split,
 )
-from contoso_recs.recommender.metrics import evaluate_task, task_targets
+from contoso_recs.recommender.metrics import evaluate_task, intervals, task_targets
 from contoso_recs.recommender.ranking import (
     ProductIndex,
     exclusion_matrix,
@@ -56,6 +56,8 @@ ALS_PARAMETERS = {"A": {"weighting": "bm25", "alpha": 1.0}, "B": {}}
 # `blend`: weights tuned on the weeks before the cutoff; `shipped_blend`: the fixed weights the
 # weekly table and the promotion gate use (blend.SHIPPED_BLENDS), on the same candidates.
 METHODS = ("popularity", "buy_again", "item_knn", "als", "two_tower", "blend", "shipped_blend")
+# What each task's bootstrap intervals compare every method with (paired, per customer).
+INTERVAL_REFERENCE = {"A": "buy_again", "B": "popularity"}
 
 
 @dataclass(frozen=True)
@@ -179,7 +181,7 @@ def evaluate_trained(
     test = holdout(frames, bought, cutoff)
     scores, pool = model_pool(trained, frames, bought, test)
 
-    result: dict = {"segments": {}}
+    result: dict = {"segments": {}, "intervals": {}}
     for task in TASKS:
         lists = baseline_lists(bought, test, task)
         lists["two_tower"] = top_k_lists(
@@ -205,6 +207,11 @@ def evaluate_trained(
             )
             result[task][method] = overall
             result["segments"][task][method] = by_segment
+        result["intervals"][task] = intervals(
+            {m: lists[m] for m in METHODS if m in lists},
+            test.targets(task),
+            INTERVAL_REFERENCE[task],
+        )
     result["blend_config"] = {task: c.to_json() for task, c in blends.items()}
     result["test_customers"] = len(test.customer_ids)
     return result

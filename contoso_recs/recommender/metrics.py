@@ -8,9 +8,17 @@ before the cutoff (and its recommendations must leave those out too).
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
+import numpy as np
+from scipy import stats
+
 K = 5
 RECALL_K = 10
 SEGMENTS = ("new", "light", "heavy")
+# Bootstrap over test customers: how far a week's figure could move with other customers.
+INTERVAL_METRICS = {"hr@5": "hit_rate", "ndcg@5": "ndcg"}
+CONFIDENCE = 0.95
+RESAMPLES = 2000
+INTERVAL_SEED = 0
 
 
 def hit_rate(recommended: Sequence[int], relevant: set[int], k: int = K) -> float:
@@ -114,3 +122,53 @@ def evaluate_task(
         members = {c: t for c, t in targets.items() if segments.get(c) == segment}
         by_segment[segment] = summary(lists, members, bought_before, catalogue_size)
     return overall, by_segment
+
+
+def per_customer(
+    lists: Mapping[int, Sequence[int]], targets: Mapping[int, set[int]], metric: str
+) -> np.ndarray:
+    """`metric` (a key of INTERVAL_METRICS) of each customer in `targets`, in their order."""
+    score = {"hit_rate": hit_rate, "ndcg": ndcg}[INTERVAL_METRICS[metric]]
+    return np.array([score(list(lists.get(c, ())), t) for c, t in targets.items()], dtype=float)
+
+
+def interval(values: np.ndarray) -> tuple[float, float]:
+    """CONFIDENCE percentile bootstrap interval of the mean of `values` (one per customer).
+
+    For a paired comparison pass the per-customer differences of two methods: customers are
+    resampled together, so what both methods share does not widen the interval.
+    """
+    if len(values) < 2 or np.all(values == values[0]):
+        mean = float(values.mean()) if len(values) else 0.0
+        return mean, mean
+    result = stats.bootstrap(
+        (values,),
+        np.mean,
+        n_resamples=RESAMPLES,
+        confidence_level=CONFIDENCE,
+        method="percentile",
+        rng=np.random.default_rng(INTERVAL_SEED),
+    )
+    return float(result.confidence_interval.low), float(result.confidence_interval.high)
+
+
+def intervals(
+    lists: Mapping[str, Mapping[int, Sequence[int]]],
+    targets: Mapping[int, set[int]],
+    reference: str,
+) -> dict[str, dict[str, list[float]]]:
+    """Per method and metric of INTERVAL_METRICS: the interval of its mean and of its paired
+    difference from `reference` (keys `hr@5` and `hr@5 - <reference>`)."""
+    values = {
+        method: {m: per_customer(shown, targets, m) for m in INTERVAL_METRICS}
+        for method, shown in lists.items()
+    }
+    out: dict[str, dict[str, list[float]]] = {}
+    for method, by_metric in values.items():
+        out[method] = {}
+        for metric, own in by_metric.items():
+            out[method][metric] = list(interval(own))
+            if reference in values and method != reference:
+                difference = own - values[reference][metric]
+                out[method][f"{metric} - {reference}"] = list(interval(difference))
+    return out

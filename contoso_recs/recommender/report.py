@@ -44,6 +44,7 @@ def markdown(results: dict, chart_name: str) -> str:
             lines += [f"## {dataset}, cutoff {cutoff}", ""]
             for task in TASK_TITLES:
                 lines += _task_table(task, result.get(task, {}))
+                lines += _interval_table(result.get("intervals", {}).get(task, {}))
                 lines += _segment_table(result.get("segments", {}).get(task, {}))
             lines += [f"Blend configuration: `{json.dumps(result.get('blend_config', {}))}`", ""]
     return "\n".join(lines) + "\n"
@@ -86,6 +87,37 @@ def _task_table(task: str, methods: dict) -> list[str]:
         for method, values in methods.items()
     ]
     return [f"### Task {TASK_TITLES[task]}", "", header, rule, *rows, ""]
+
+
+def _interval_table(methods: dict) -> list[str]:
+    """95% bootstrap intervals of HR@5 and NDCG@5, and of each method's paired difference
+    from the task's reference method."""
+    if not methods:
+        return []
+    reference = next(
+        (key.split(" - ", 1)[1] for values in methods.values() for key in values if " - " in key),
+        None,
+    )
+    metrics = ("hr@5", "ndcg@5")
+    columns = [c for m in metrics for c in (m, f"{m} - {reference}" if reference else None) if c]
+    header = "| method | " + " | ".join(columns) + " |"
+    rule = "|---" * (len(columns) + 1) + "|"
+    rows = [
+        f"| {method} | " + " | ".join(_interval_cell(values, c) for c in columns) + " |"
+        for method, values in methods.items()
+    ]
+    note = (
+        "95% intervals (bootstrap over the test customers; a difference is paired, customer by "
+        f"customer, with `{reference}`: an interval that holds 0 is no measured difference):"
+    )
+    return [note, "", header, rule, *rows, ""]
+
+
+def _interval_cell(values: dict, column: str) -> str:
+    if column not in values:
+        return "—"
+    low, high = values[column]
+    return f"[{low:+.4f}, {high:+.4f}]" if " - " in column else f"[{low:.4f}, {high:.4f}]"
 
 
 def _segment_table(methods: dict) -> list[str]:
