@@ -123,9 +123,13 @@ SHIPPED_BLENDS = {
         frequency_weight=0.3,
         due_weight=0.01,
     ),
-    # Task B keeps the earlier rule: the retuned one (co-purchase 5, trend 0.125, category 0.06,
-    # popularity 0.03) tied popularity on the tiny demo world, which the promotion gate rejects.
-    "B": BlendConfig(allow_repeats=False, popularity_weight=0.2),
+    # Task B: the model with a little store popularity. On the validation weeks from 2017-10-30
+    # and 2017-11-06 of The Complete Journey popularity weights 0.02 to 0.2 are within noise of
+    # each other (NDCG@5 .0172 against .0180, the bootstrap interval of a week is about ±.003),
+    # while 0.02 shows 7 times as many distinct products (coverage@5 .0044 against .0006) and on
+    # the demo data is the best weight tried (task B HR@5 .286 against .244 with 0.2, popularity
+    # .214; the co-purchase, category and trend weights tuned on those weeks score .274 there).
+    "B": BlendConfig(allow_repeats=False, popularity_weight=0.02),
 }
 
 

@@ -33,7 +33,7 @@ def markdown(results: dict, chart_name: str) -> str:
         "(task B: those with a product new to them). `blend`: weights tuned on the two "
         "weeks before the cutoff, scored by a model trained before them. `shipped_blend`: the "
         "fixed weights the weekly top-5 table and the promotion gate use, on the same "
-        "candidates.",
+        "candidates. Under each task's table: 95% bootstrap intervals over its test customers.",
         "",
         "Real-time recommendations (the product page, one viewed product at a time) are "
         "evaluated in [evaluation_online.md](evaluation_online.md).",
