@@ -29,7 +29,11 @@ class TwoTowerConfig:
     customer_buckets: int = 1 << 15
     history_len: int = 40
     half_life_days: float = 28.0
-    weeks: int = 26
+    # Weeks of snapshots to learn from. A year rather than half of one: on the validation weeks
+    # from 2017-10-30, 2017-11-06, 2017-11-20 and 2017-11-27 of The Complete Journey the model
+    # alone rose from HR@5 / NDCG@5 .532 / .196 to .552 / .210 (task A) and .061 / .015 to
+    # .067 / .017 (task B), by the same with another seed; the shipped blends moved < .002.
+    weeks: int = 52
     batch_size: int = 1024
     epochs: int = 4
     sparse_lr: float = 0.02
