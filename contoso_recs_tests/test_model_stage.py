@@ -105,6 +105,9 @@ def test_a_candidate_through_the_gate_becomes_the_promoted_model(tiny_lake, inst
     result = train_and_promote(tiny_lake, instance)
 
     version = materialization(result, "model", "two_tower_candidate")["model_version"]
+    report = materialization(result, "model", "evaluation")["report"]
+    assert "| method | hr@5 | ndcg@5 | coverage@5 | hr@5 - buy_again, 95% interval |" in report
+    assert "| method | hr@5 | ndcg@5 | coverage@5 | hr@5 - popularity, 95% interval |" in report
     gate = [e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"]
     store = local_resources(tiny_lake)["model_store"]
     if gate[0].passed:

@@ -222,18 +222,24 @@ def promoted_on_same_week(
 
 
 def evaluation_markdown(results: dict, chart: Path) -> str:
+    from contoso_recs.recommender.metrics import reference_of
+
     lines = []
     for task in ("A", "B"):
+        intervals = results.get("intervals", {}).get(task, {})
+        reference = reference_of(intervals)
         lines += [
             f"**Task {task}**",
             "",
-            "| method | hr@5 | ndcg@5 | coverage@5 |",
-            "|---|---|---|---|",
+            f"| method | hr@5 | ndcg@5 | coverage@5 | hr@5 - {reference}, 95% interval |",
+            "|---|---|---|---|---|",
         ]
         for method, figures in results[task].items():
+            low, high = intervals.get(method, {}).get(f"hr@5 - {reference}", (None, None))
+            difference = "—" if low is None else f"[{low:+.3f}, {high:+.3f}]"
             lines.append(
                 f"| {method} | {figures['hr@5']:.3f} | {figures['ndcg@5']:.3f} | "
-                f"{figures['coverage@5']:.4f} |"
+                f"{figures['coverage@5']:.4f} | {difference} |"
             )
         lines.append("")
     picture = base64.b64encode(chart.read_bytes()).decode()

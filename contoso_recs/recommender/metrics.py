@@ -172,3 +172,12 @@ def intervals(
                 difference = own - values[reference][metric]
                 out[method][f"{metric} - {reference}"] = list(interval(difference))
     return out
+
+
+def reference_of(intervals_by_method: Mapping[str, Mapping[str, object]]) -> str | None:
+    """The reference method named in `intervals`' difference keys (None when there is none)."""
+    for values in intervals_by_method.values():
+        for key in values:
+            if " - " in key:
+                return key.split(" - ", 1)[1]
+    return None

@@ -4,6 +4,8 @@ import json
 import logging
 from pathlib import Path
 
+from contoso_recs.recommender.metrics import reference_of
+
 log = logging.getLogger(__name__)
 
 TASK_TITLES = {"A": "A: any product", "B": "B: products new to the customer"}
@@ -94,10 +96,7 @@ def _interval_table(methods: dict) -> list[str]:
     from the task's reference method."""
     if not methods:
         return []
-    reference = next(
-        (key.split(" - ", 1)[1] for values in methods.values() for key in values if " - " in key),
-        None,
-    )
+    reference = reference_of(methods)
     metrics = ("hr@5", "ndcg@5")
     columns = [c for m in metrics for c in (m, f"{m} - {reference}" if reference else None) if c]
     header = "| method | " + " | ".join(columns) + " |"
