@@ -213,3 +213,26 @@ def test_a_bundle_saved_before_logq_weight_existed_loads_as_trained_with_the_pla
     del config["logq_weight"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert TrainedModel.load(tmp_path, device="cpu").config.logq_weight == 1.0
+
+
+def test_the_online_evaluation_reuses_its_cached_model_only_with_the_same_settings(
+    tmp_path, monkeypatch
+):
+    from contoso_recs.recommender import online_evaluation
+
+    lake = synthetic_lake()
+    first = online_evaluation.trained_model(lake, CUTOFF, None, tmp_path, replace(TINY, epochs=1))
+    trainings = []
+    real_train = online_evaluation.train
+    monkeypatch.setattr(
+        online_evaluation, "train", lambda *args: trainings.append(args) or real_train(*args)
+    )
+
+    again = online_evaluation.trained_model(lake, CUTOFF, None, tmp_path, replace(TINY, epochs=1))
+    assert trainings == []
+    np.testing.assert_array_equal(again.product_vectors(), first.product_vectors())
+
+    changed = online_evaluation.trained_model(lake, CUTOFF, None, tmp_path, TINY)
+    assert len(trainings) == 1
+    assert changed.config == TINY
+    assert TrainedModel.load(tmp_path, device="cpu").config == TINY

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import scipy.sparse as sp
+import torch
 
 from contoso_recs.recommender.data import (
     TEST_DAYS,
@@ -38,6 +39,7 @@ from contoso_recs.recommender.data import (
     read_lake,
 )
 from contoso_recs.recommender.train import TrainedModel, train
+from contoso_recs.recommender.two_tower import TwoTowerConfig
 from contoso_recs.serving.bundle import Bundle, Policy, read_bundle, write_bundle
 from contoso_recs.serving.contract import ScoreRequest
 from contoso_recs.serving.publish import DEFAULT_POLICY, serving_arrays
@@ -318,14 +320,25 @@ TASKS = {
 }
 
 
-def trained_model(frames: LakeFrames, cutoff: datetime, model_dir: Path | None, cache: Path):
-    """The given model, or one trained before the cutoff (kept in `cache` for the next run)."""
+def trained_model(
+    frames: LakeFrames,
+    cutoff: datetime,
+    model_dir: Path | None,
+    cache: Path,
+    config: TwoTowerConfig | None = None,
+):
+    """The given model, or one trained before the cutoff (kept in `cache` for the next run,
+    and trained again when the model settings have changed since)."""
     if model_dir is not None:
         return TrainedModel.load(model_dir, device="cpu")
+    config = config or TwoTowerConfig()
     if (cache / "model.pt").exists():
-        log.info("using the model trained before %s in %s", f"{cutoff:%Y-%m-%d}", cache)
-        return TrainedModel.load(cache, device="cpu")
-    trained = train(frames, cutoff)
+        cached = TrainedModel.load(cache, device="cpu")
+        if cached.config == config:
+            log.info("using the model trained before %s in %s", f"{cutoff:%Y-%m-%d}", cache)
+            return cached
+        log.info("the model in %s was trained with other settings: training again", cache)
+    trained = train(frames, cutoff, config)
     trained.save(cache)
     return trained
 
@@ -348,7 +361,12 @@ def main(argv: list[str] | None = None) -> int:
         help="next_view only: tune the policy on the views of the first N days, test on the rest",
     )
     parser.add_argument("--out", required=True)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     model_dir = Path(args.model_dir) if args.model_dir else None
     if args.promoted_from:
