@@ -87,12 +87,21 @@ def test_a_customer_without_recommendations_counts_as_a_miss():
     assert overall["hr@5"] == 0.0
 
 
-def test_per_customer_values_follow_the_order_of_the_targets():
+def test_per_customer_values_are_in_customer_id_order():
     lists = {1: [10, 11, 12, 13, 14], 2: [20, 21, 22, 23, 24]}
     targets = {2: {22}, 1: {99}, 3: {30}}
 
-    assert per_customer(lists, targets, "hr@5").tolist() == [1.0, 0.0, 0.0]
-    assert per_customer(lists, targets, "ndcg@5")[0] == pytest.approx(1 / math.log2(4))
+    assert per_customer(lists, targets, "hr@5").tolist() == [0.0, 1.0, 0.0]
+    assert per_customer(lists, targets, "ndcg@5")[1] == pytest.approx(1 / math.log2(4))
+
+
+def test_intervals_do_not_depend_on_the_order_the_targets_were_built_in():
+    rng = np.random.default_rng(5)
+    targets = {c: {int(rng.integers(0, 20))} for c in range(300)}
+    shown = {c: rng.choice(20, size=5, replace=False).tolist() for c in targets}
+    reversed_targets = dict(reversed(list(targets.items())))
+
+    assert intervals({"a": shown}, targets, "a") == intervals({"a": shown}, reversed_targets, "a")
 
 
 def test_interval_brackets_the_mean_and_narrows_with_more_customers():

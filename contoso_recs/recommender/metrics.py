@@ -127,9 +127,12 @@ def evaluate_task(
 def per_customer(
     lists: Mapping[int, Sequence[int]], targets: Mapping[int, set[int]], metric: str
 ) -> np.ndarray:
-    """`metric` (a key of INTERVAL_METRICS) of each customer in `targets`, in their order."""
+    """`metric` (a key of INTERVAL_METRICS) of each customer in `targets`, by customer id (so a
+    seeded bootstrap draws the same customers whatever order the targets were built in)."""
     score = {"hit_rate": hit_rate, "ndcg": ndcg}[INTERVAL_METRICS[metric]]
-    return np.array([score(list(lists.get(c, ())), t) for c, t in targets.items()], dtype=float)
+    return np.array(
+        [score(list(lists.get(c, ())), targets[c]) for c in sorted(targets)], dtype=float
+    )
 
 
 def interval(values: np.ndarray) -> tuple[float, float]:
