@@ -33,7 +33,12 @@ from contoso_recs.recommender.data import (
     read_lake,
     temporal_split,
 )
-from contoso_recs.recommender.metrics import evaluate_task, intervals, task_targets
+from contoso_recs.recommender.metrics import (
+    INTERVAL_REFERENCE,
+    evaluate_task,
+    intervals,
+    task_targets,
+)
 from contoso_recs.recommender.ranking import (
     ProductIndex,
     exclusion_matrix,
@@ -56,8 +61,6 @@ ALS_PARAMETERS = {"A": {"weighting": "bm25", "alpha": 1.0}, "B": {}}
 # `blend`: weights tuned on the weeks before the cutoff; `shipped_blend`: the fixed weights the
 # weekly table and the promotion gate use (blend.SHIPPED_BLENDS), on the same candidates.
 METHODS = ("popularity", "buy_again", "item_knn", "als", "two_tower", "blend", "shipped_blend")
-# What each task's bootstrap intervals compare every method with (paired, per customer).
-INTERVAL_REFERENCE = {"A": "buy_again", "B": "popularity"}
 
 
 @dataclass(frozen=True)

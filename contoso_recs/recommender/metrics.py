@@ -19,6 +19,8 @@ INTERVAL_METRICS = {"hr@5": "hit_rate", "ndcg@5": "ndcg"}
 CONFIDENCE = 0.95
 RESAMPLES = 2000
 INTERVAL_SEED = 0
+# What each task's intervals compare every method with, customer by customer.
+INTERVAL_REFERENCE = {"A": "buy_again", "B": "popularity"}
 
 
 def hit_rate(recommended: Sequence[int], relevant: set[int], k: int = K) -> float:
@@ -175,12 +177,3 @@ def intervals(
                 difference = own - values[reference][metric]
                 out[method][f"{metric} - {reference}"] = list(interval(difference))
     return out
-
-
-def reference_of(intervals_by_method: Mapping[str, Mapping[str, object]]) -> str | None:
-    """The reference method named in `intervals`' difference keys (None when there is none)."""
-    for values in intervals_by_method.values():
-        for key in values:
-            if " - " in key:
-                return key.split(" - ", 1)[1]
-    return None

@@ -4,7 +4,7 @@ import json
 import logging
 from pathlib import Path
 
-from contoso_recs.recommender.metrics import reference_of
+from contoso_recs.recommender.metrics import INTERVAL_REFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def markdown(results: dict, chart_name: str) -> str:
             lines += [f"## {dataset}, cutoff {cutoff}", ""]
             for task in TASK_TITLES:
                 lines += _task_table(task, result.get(task, {}))
-                lines += _interval_table(result.get("intervals", {}).get(task, {}))
+                lines += _interval_table(task, result.get("intervals", {}).get(task, {}))
                 lines += _segment_table(result.get("segments", {}).get(task, {}))
             lines += [f"Blend configuration: `{json.dumps(result.get('blend_config', {}))}`", ""]
     return "\n".join(lines) + "\n"
@@ -91,14 +91,13 @@ def _task_table(task: str, methods: dict) -> list[str]:
     return [f"### Task {TASK_TITLES[task]}", "", header, rule, *rows, ""]
 
 
-def _interval_table(methods: dict) -> list[str]:
+def _interval_table(task: str, methods: dict) -> list[str]:
     """95% bootstrap intervals of HR@5 and NDCG@5, and of each method's paired difference
     from the task's reference method."""
     if not methods:
         return []
-    reference = reference_of(methods)
-    metrics = ("hr@5", "ndcg@5")
-    columns = [c for m in metrics for c in (m, f"{m} - {reference}" if reference else None) if c]
+    reference = INTERVAL_REFERENCE[task]
+    columns = [c for m in ("hr@5", "ndcg@5") for c in (m, f"{m} - {reference}")]
     header = "| method | " + " | ".join(columns) + " |"
     rule = "|---" * (len(columns) + 1) + "|"
     rows = [
