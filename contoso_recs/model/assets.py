@@ -120,7 +120,20 @@ def two_tower_candidate(
     )
 
 
-def candidate_version(context: dg.AssetExecutionContext) -> str:
+def candidate_version(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
+    """The candidate trained in this run; in a run that trained none, the latest one trained.
+
+    Looking in the run first keeps two overlapping runs from evaluating, gating or promoting
+    each other's candidate.
+    """
+    run_id = context.run.run_id
+    this_run = context.instance.get_records_for_run(
+        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, ascending=False
+    ).records
+    for record in this_run:
+        materialization = record.event_log_entry.asset_materialization
+        if materialization is not None and materialization.asset_key == CANDIDATE:
+            return str(materialization.metadata["model_version"].value)
     event = context.instance.get_latest_materialization_event(CANDIDATE)
     if event is None or event.asset_materialization is None:
         raise ValueError("no candidate model has been trained yet")

@@ -54,6 +54,26 @@ def promoted_figures(
     return model_store.card(current).get("evaluation"), f"{current} as recorded at its promotion"
 
 
+def not_promotable(card: dict, current: str | None) -> str | None:
+    """Why a candidate may not be promoted now, from the gate verdict on its card; None if it may.
+
+    The verdict holds only against the model that was promoted when the gate ran.
+    """
+    verdict = card.get("gate")
+    if current is not None and card.get("version") == current:
+        return None  # promoted already: promoting it again changes nothing
+    if verdict is None:
+        return "the promotion gate has not checked it"
+    if not verdict["passed"]:
+        return "it failed the promotion gate (" + "; ".join(verdict["failures"]) + ")"
+    if verdict["promoted_version"] != current:
+        return (
+            f"the gate held it against {verdict['promoted_version'] or 'no promoted model'}, "
+            f"but {current or 'none'} is promoted now"
+        )
+    return None
+
+
 @dg.asset_check(
     asset=EVALUATION,
     name="promotion_gate",
@@ -67,6 +87,11 @@ def promotion_gate(context: dg.AssetCheckExecutionContext, model_store: ModelSto
     current = model_store.current_version()
     promoted, basis = promoted_figures(model_store, card, current)
     failures = gate_failures(card["evaluation"], promoted)
+    # The verdict goes on the model card: promotion reads it there, so a candidate cannot be
+    # promoted by materialising model/promoted_model on its own, around the check.
+    model_store.update_card(
+        version, gate={"passed": not failures, "failures": failures, "promoted_version": current}
+    )
     return dg.AssetCheckResult(
         passed=not failures,
         metadata={
@@ -85,6 +110,11 @@ def promoted_model(
     """The model version that recommendations are served from, promoted through the gate."""
     version = candidate_version(context)
     previous = model_store.current_version()
+    if reason := not_promotable(model_store.card(version), previous):
+        raise dg.Failure(
+            description=f"model {version} is not promoted: {reason}. Materialise "
+            "model/evaluation (its promotion_gate check runs with it), then promote."
+        )
     model_store.promote(version)
     context.log.info(f"promoted model {version} (previously {previous or 'none'})")
     card = model_store.card(version)
