@@ -1,5 +1,6 @@
 """Point-in-time correctness: nothing at or after a cutoff reaches what is built for it."""
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import numpy as np
@@ -144,7 +145,22 @@ def test_customer_snapshot_pools_only_products_bought_before_its_time():
 
 
 def test_catalogue_at_the_cutoff_leaves_out_later_and_discontinued_products():
-    assert catalogue(tiny_lake(), CUTOFF)["product_id"].to_list() == [100, 200, 300, 400]
+    lake = tiny_lake()
+    # product 500 was discontinued on Dec 2, before the cutoff
+    discontinued_early = lake.products.with_columns(
+        pl.when(pl.col("product_id") == 500)
+        .then(at(2))
+        .otherwise("modified_at")
+        .alias("modified_at")
+    )
+    early = replace(lake, products=discontinued_early)
+    assert catalogue(early, CUTOFF)["product_id"].to_list() == [100, 200, 300, 400]
+
+
+def test_a_product_discontinued_after_the_cutoff_was_on_sale_at_it():
+    # product 500 is discontinued, last changed on Dec 9: after the cutoff of Dec 4
+    assert catalogue(tiny_lake(), CUTOFF)["product_id"].to_list() == [100, 200, 300, 400, 500]
+    assert 500 not in catalogue(tiny_lake(), at(10))["product_id"].to_list()
 
 
 def test_segments_are_new_light_or_heavy_at_the_cutoff():

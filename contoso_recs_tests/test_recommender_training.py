@@ -10,8 +10,14 @@ import polars as pl
 import pytest
 import torch
 
-from contoso_recs.recommender.data import LakeFrames
-from contoso_recs.recommender.train import TrainedModel, snapshot_batches, train
+from contoso_recs.recommender.data import LakeFrames, catalogue, purchases
+from contoso_recs.recommender.encoding import build_vocabulary
+from contoso_recs.recommender.train import (
+    TrainedModel,
+    snapshot_batches,
+    train,
+    training_examples,
+)
 from contoso_recs.recommender.two_tower import TwoTowerConfig, in_batch_loss
 
 CUTOFF = datetime(2017, 3, 6, tzinfo=UTC)
@@ -79,6 +85,7 @@ def synthetic_lake() -> LakeFrames:
             "price": [1.0, 2.0, 3.0, 4.0, 5.0] * 2,
             "introduced_at": pl.Series([None] * 10, dtype=UTC_US),
             "discontinued": [False] * 10,
+            "modified_at": pl.Series([CUTOFF - timedelta(days=365)] * 10, dtype=UTC_US),
         }
     )
     customers = pl.DataFrame(
@@ -236,3 +243,26 @@ def test_the_online_evaluation_reuses_its_cached_model_only_with_the_same_settin
     assert len(trainings) == 1
     assert changed.config == TINY
     assert TrainedModel.load(tmp_path, device="cpu").config == TINY
+
+
+def test_a_training_snapshot_sees_only_profiles_created_before_its_week():
+    lake = synthetic_lake()
+    # customer 0's profile is created two weeks before the cutoff
+    customers = lake.customers.with_columns(
+        pl.when(pl.col("customer_id") == 0)
+        .then(CUTOFF - timedelta(days=14))
+        .otherwise(pl.col("created_at"))
+        .alias("created_at")
+    )
+    bought = purchases(lake)
+    vocab = build_vocabulary(catalogue(lake, CUTOFF), customers, TINY.customer_buckets)
+
+    examples = training_examples(vocab, bought, customers, CUTOFF, TINY)
+
+    # every customer buys every week: one block of 40 snapshots per week, customer 0 first
+    profiles = examples.customers.profile
+    assert len(profiles) == 40 * TINY.weeks
+    first_rows = profiles[::40]
+    assert first_rows[:-1].tolist() == [[0, 0, 0]] * (TINY.weeks - 1)
+    assert first_rows[-1].tolist() != [0, 0, 0]
+    assert (profiles[1::40] != 0).all()

@@ -105,10 +105,17 @@ def product_name() -> pl.Expr:
 
 
 def product_table(products: pl.DataFrame, transactions: pl.DataFrame) -> pl.DataFrame:
-    """The catalogue: median unit price paid and first sale, for every product."""
+    """The catalogue: each product's price and launch, taken from its first day of sales.
+
+    The dataset has no catalogue dates or list prices. The first sale stands for the launch and
+    the median unit price paid on that first day for the price, so neither carries anything from
+    a later week into a model trained before it (a median over all sales would).
+    """
+    at = pl.col("transaction_timestamp")
+    first_day = at.dt.date() == at.min().dt.date()
     sales = transactions.group_by("product_id").agg(
         (pl.col("sales_value") / pl.col("quantity"))
-        .filter(pl.col("quantity") > 0)
+        .filter((pl.col("quantity") > 0) & first_day)
         .median()
         .alias("price"),
         sql_time("transaction_timestamp").min().alias("introduced_at"),

@@ -250,10 +250,18 @@ def customer_features(frames: LakeFrames, cutoff: datetime) -> pl.DataFrame:
 
 
 def catalogue(frames: LakeFrames, cutoff: datetime) -> pl.DataFrame:
-    """Products on sale at the cutoff: introduced before it (or undated) and not discontinued."""
-    products = frames.products
+    """Products on sale at the cutoff: introduced before it (or undated) and not discontinued
+    before it.
+
+    The lake keeps each product's latest row, so a discontinued product counts as discontinued
+    from its last change (`modified_at`): one discontinued at or after the cutoff was on sale at
+    it, and leaving it out would let the later change decide what could be recommended then.
+    """
     introduced = pl.col("introduced_at").is_null() | (pl.col("introduced_at") < cutoff)
-    return products.filter(introduced & ~pl.col("discontinued").fill_null(False)).sort("product_id")
+    discontinued_before = pl.col("discontinued").fill_null(False) & (
+        pl.col("modified_at").is_null() | (pl.col("modified_at") < cutoff)
+    )
+    return frames.products.filter(introduced & ~discontinued_before).sort("product_id")
 
 
 def product_popularity(bought: pl.DataFrame, cutoff: datetime, days: int) -> pl.DataFrame:

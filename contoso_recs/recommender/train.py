@@ -181,7 +181,7 @@ def training_examples(
             encode_customers(
                 vocab,
                 before(bought, start),
-                profiles,
+                before(profiles, start, "created_at"),
                 customer_ids,
                 start,
                 config.history_len,
