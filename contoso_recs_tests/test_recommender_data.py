@@ -5,6 +5,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import polars as pl
+import pytest
 
 from contoso_recs.recommender.data import (
     LakeFrames,
@@ -12,6 +13,7 @@ from contoso_recs.recommender.data import (
     customer_features,
     customer_segments,
     decayed_history,
+    history_events,
     holdout_targets,
     interactions,
     purchases,
@@ -184,3 +186,43 @@ def test_a_missing_product_view_table_reads_as_empty(tmp_path):
     frames = read_lake(str(tmp_path))
     assert frames.product_views.height == 0
     assert frames.product_views.schema["dwell_seconds"] == pl.Float64
+
+
+def test_customer_history_pools_quantities_and_product_views_before_its_time():
+    lake = tiny_lake()
+    vocab = build_vocabulary(catalogue(lake, CUTOFF), lake.customers, customer_buckets=16)
+    inputs = encode_customers(
+        vocab,
+        purchases(lake),
+        lake.customers,
+        np.array([1, 2]),
+        CUTOFF,
+        3,
+        28.0,
+        lake.product_views,
+        purchase_weight="quantity",
+        seconds_per_purchase=120.0,
+    )
+    # 2 units of product 100 three days before the cutoff, 60 s on product 400 two days before;
+    # the view of product 500 at the cutoff is not seen
+    bought, viewed = 2 * 0.5 ** (3 / 28), 0.5 * 0.5 ** (2 / 28)
+    position = {p: vocab.product_ids.index(p) + 1 for p in (100, 400)}
+    assert inputs.history.tolist() == [[position[100], position[400], 0], [0, 0, 0]]
+    np.testing.assert_allclose(
+        inputs.history_weight[0], [bought / (bought + viewed), viewed / (bought + viewed), 0.0]
+    )
+
+
+def test_history_events_weigh_orders_and_leave_views_out_at_zero_seconds():
+    lake = tiny_lake()
+    events = history_events(
+        purchases(lake), lake.product_views, purchase_weight="orders", seconds_per_purchase=0.0
+    )
+    assert sorted(events.select("product_id", "weight").rows()) == [
+        (100, 1.0),
+        (100, 1.0),
+        (200, 1.0),
+        (300, 1.0),
+    ]
+    with pytest.raises(ValueError, match="purchase_weight must be one of"):
+        history_events(purchases(lake), purchase_weight="units")

@@ -216,3 +216,23 @@ def test_without_a_promoted_model_every_customer_still_gets_5_from_the_other_sig
     owned = bought_before_week(lake)
     assert set(rows.join(owned, on=["customer_id", "product_id"])["reason"]) == {BOUGHT_BEFORE}
     assert DISCONTINUED not in set(rows["product_id"])
+
+
+def test_product_views_before_the_week_steer_a_customer_without_orders(lake, trained):
+    bakery = set(range(6, 11))
+    views = pl.DataFrame(
+        {
+            "customer_id": [COLD] * 5,
+            "product_id": sorted(bakery),
+            "viewed_at": [WEEK - timedelta(days=1, hours=h) for h in range(5)],
+            "dwell_seconds": [120.0] * 5,
+        },
+        schema_overrides={"viewed_at": UTC_US},
+    )
+    model_only = BlendConfig(allow_repeats=False, repeat_weight=0.0)
+
+    def bakery_shown(frames: LakeFrames) -> int:
+        rows = table(frames, trained, model_only).filter(pl.col("customer_id") == COLD)
+        return len(set(rows["product_id"]) & bakery)
+
+    assert bakery_shown(lake) < bakery_shown(replace(lake, product_views=views)) == 5

@@ -163,9 +163,10 @@ def two_tower_scores(
     customer_ids: np.ndarray,
     cutoff: datetime,
     index: ProductIndex,
+    views: pl.DataFrame | None = None,
 ) -> np.ndarray:
     """Cosine of every customer (sorted ids) with every catalogue product; -inf if unknown."""
-    customers = trained.customer_vectors(bought, profiles, customer_ids, cutoff)
+    customers = trained.customer_vectors(bought, profiles, customer_ids, cutoff, views)
     products = trained.product_vectors()
     positions = product_positions(trained.vocab, index.product_ids)
     scores = customers @ products[positions].T

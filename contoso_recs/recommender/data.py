@@ -44,6 +44,7 @@ OPTIONAL_TABLES = {
 }
 TEST_DAYS = 7
 MAX_QUANTITY = 10
+PURCHASE_WEIGHTS = ("orders", "quantity", "amount")
 HEAVY_MIN_ORDERS = 12
 HEAVY_WINDOW_DAYS = 84
 
@@ -127,39 +128,68 @@ def temporal_split(bought: pl.DataFrame, cutoff: datetime, days: int = TEST_DAYS
     return TemporalSplit(cutoff=cutoff, train=before(bought, cutoff), test=test)
 
 
+def history_events(
+    bought: pl.DataFrame,
+    views: pl.DataFrame | None = None,
+    purchase_weight: str = "quantity",
+    seconds_per_purchase: float = 120.0,
+) -> pl.DataFrame:
+    """Purchases and product views as weighted events: customer_id, product_id, at, kind, weight.
+
+    A purchase weighs 1 for each order holding the product ("orders"), the quantity of its line
+    capped at MAX_QUANTITY so that bulk lines such as fuel do not swamp a customer ("quantity"),
+    or its amount ("amount"). A product view weighs its dwell time as a share of
+    `seconds_per_purchase`, at most one purchase; with 0 seconds, views are left out. Anonymous
+    product views are left out.
+    """
+    if purchase_weight not in PURCHASE_WEIGHTS:
+        raise ValueError(
+            f"purchase_weight must be one of {PURCHASE_WEIGHTS}, not {purchase_weight!r}"
+        )
+    if purchase_weight == "orders":
+        bought = bought.unique(["customer_id", "order_id", "product_id"], maintain_order=True)
+    weight = {
+        "orders": pl.lit(1.0),
+        "quantity": pl.col("quantity").clip(upper_bound=MAX_QUANTITY).cast(pl.Float64),
+        "amount": pl.col("amount").clip(lower_bound=0.0),
+    }[purchase_weight]
+    events = [
+        bought.select(
+            "customer_id",
+            "product_id",
+            "at",
+            pl.lit("purchase").alias("kind"),
+            weight.alias("weight"),
+        )
+    ]
+    if views is not None and seconds_per_purchase > 0:
+        events.append(
+            views.filter(pl.col("customer_id").is_not_null()).select(
+                "customer_id",
+                "product_id",
+                pl.col("viewed_at").alias("at"),
+                pl.lit("product_view").alias("kind"),
+                (pl.col("dwell_seconds").fill_null(0.0).clip(0.0, seconds_per_purchase))
+                .truediv(seconds_per_purchase)
+                .alias("weight"),
+            )
+        )
+    return pl.concat(events)
+
+
 def interactions(
     frames: LakeFrames,
     cutoff: datetime,
     purchase_weight: str = "quantity",
     seconds_per_purchase: float = 120.0,
 ) -> pl.DataFrame:
-    """Purchases and product views before the cutoff, each with a weight.
-
-    A purchase weighs its quantity (capped at MAX_QUANTITY, so bulk lines such as fuel do not
-    swamp a customer) or its amount; a product view weighs its dwell time as a share of
-    `seconds_per_purchase`, at most one purchase. Anonymous product views are left out.
-    """
-    if purchase_weight not in ("quantity", "amount"):
-        raise ValueError(f"purchase_weight must be 'quantity' or 'amount', not {purchase_weight!r}")
-    weight = (
-        pl.col("quantity").clip(upper_bound=MAX_QUANTITY).cast(pl.Float64)
-        if purchase_weight == "quantity"
-        else pl.col("amount").clip(lower_bound=0.0)
-    )
-    bought = before(purchases(frames), cutoff).select(
-        "customer_id", "product_id", "at", pl.lit("purchase").alias("kind"), weight.alias("weight")
-    )
-    views = frames.product_views.filter(pl.col("customer_id").is_not_null())
-    viewed = before(views, cutoff, "viewed_at").select(
-        "customer_id",
-        "product_id",
-        pl.col("viewed_at").alias("at"),
-        pl.lit("product_view").alias("kind"),
-        (pl.col("dwell_seconds").fill_null(0.0).clip(0.0, seconds_per_purchase))
-        .truediv(seconds_per_purchase)
-        .alias("weight"),
-    )
-    return pl.concat([bought, viewed]).sort("at")
+    """Purchases and product views before the cutoff, each with its weight (history_events)."""
+    return history_events(
+        before(purchases(frames), cutoff),
+        before(frames.product_views, cutoff, "viewed_at"),
+        purchase_weight,
+        seconds_per_purchase,
+    ).sort("at")
 
 
 def order_counts(bought: pl.DataFrame, cutoff: datetime) -> pl.DataFrame:
@@ -177,17 +207,26 @@ def order_counts(bought: pl.DataFrame, cutoff: datetime) -> pl.DataFrame:
 def decayed_history(
     bought: pl.DataFrame, cutoff: datetime, half_life_days: float, max_products: int
 ) -> pl.DataFrame:
-    """Each customer's `max_products` strongest products before the cutoff.
+    """Each customer's `max_products` strongest products before the cutoff, by orders.
 
     Strength is the number of orders containing the product, each order discounted by its age
     with the given half-life. Columns: customer_id, product_id, strength, rank (0 = strongest).
     """
+    events = history_events(before(bought, cutoff), purchase_weight="orders")
+    return strongest_products(events, cutoff, half_life_days, max_products)
+
+
+def strongest_products(
+    events: pl.DataFrame, cutoff: datetime, half_life_days: float, max_products: int
+) -> pl.DataFrame:
+    """Each customer's `max_products` strongest products in `events` (history_events) before
+    the cutoff: the sum of event weights, each discounted by its age with the given half-life.
+    Columns: customer_id, product_id, strength, rank (0 = strongest)."""
     age_days = (pl.lit(cutoff) - pl.col("at")).dt.total_seconds() / 86_400.0
     return (
-        before(bought, cutoff)
-        .unique(["customer_id", "order_id", "product_id"], maintain_order=True)
+        before(events, cutoff)
         .group_by("customer_id", "product_id")
-        .agg((0.5 ** (age_days / half_life_days)).sum().alias("strength"))
+        .agg((pl.col("weight") * 0.5 ** (age_days / half_life_days)).sum().alias("strength"))
         .sort(["customer_id", "strength", "product_id"], descending=[False, True, False])
         .with_columns(pl.int_range(pl.len()).over("customer_id").alias("rank"))
         .filter(pl.col("rank") < max_products)

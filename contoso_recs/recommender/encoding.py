@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import polars as pl
 
-from contoso_recs.recommender.data import before, decayed_history
+from contoso_recs.recommender.data import before, history_events, strongest_products
 
 IMAGE_FEATURES = 14
 NAME_TOKENS = 8
@@ -134,14 +134,27 @@ def encode_customers(
     at: datetime,
     history_len: int,
     half_life_days: float,
+    views: pl.DataFrame | None = None,
+    purchase_weight: str = "orders",
+    seconds_per_purchase: float = 0.0,
 ) -> CustomerInputs:
-    """CustomerInputs as of `at`, from purchases strictly before it.
+    """CustomerInputs as of `at`, from purchases and product views strictly before it.
 
     History: the customer's `history_len` strongest products in the half-year before `at`
-    (orders discounted by age), with weights summing to 1.
+    (purchases and views weighted as data.history_events says, discounted by age), with
+    weights summing to 1.
     """
-    recent = bought.filter(pl.col("at") >= at - timedelta(days=HISTORY_DAYS))
-    strongest = decayed_history(recent, at, half_life_days, history_len)
+    since = at - timedelta(days=HISTORY_DAYS)
+    recent_views = None
+    if views is not None:
+        recent_views = before(views, at, "viewed_at").filter(pl.col("viewed_at") >= since)
+    events = history_events(
+        before(bought, at).filter(pl.col("at") >= since),
+        recent_views,
+        purchase_weight,
+        seconds_per_purchase,
+    )
+    strongest = strongest_products(events, at, half_life_days, history_len)
     n = len(customer_ids)
     history = np.zeros((n, history_len), dtype=np.int64)
     weight = np.zeros((n, history_len), dtype=np.float32)

@@ -127,7 +127,13 @@ def model_pool(
     """Two-tower scores over the catalogue and the blend's candidates for the test customers."""
     profiles = before(frames.customers, test.cutoff, "created_at")
     scores = blend.two_tower_scores(
-        trained, before(bought, test.cutoff), profiles, test.customer_ids, test.cutoff, test.index
+        trained,
+        before(bought, test.cutoff),
+        profiles,
+        test.customer_ids,
+        test.cutoff,
+        test.index,
+        before(frames.product_views, test.cutoff, "viewed_at"),
     )
     pool = blend.candidates(
         scores, bought, test.cutoff, test.customer_ids, test.index, test.categories

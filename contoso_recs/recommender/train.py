@@ -74,18 +74,16 @@ class TrainedModel:
         return torch.cat(parts).cpu().numpy()
 
     def customer_vectors(
-        self, bought: pl.DataFrame, profiles: pl.DataFrame, customer_ids: np.ndarray, at: datetime
+        self,
+        bought: pl.DataFrame,
+        profiles: pl.DataFrame,
+        customer_ids: np.ndarray,
+        at: datetime,
+        views: pl.DataFrame | None = None,
     ) -> np.ndarray:
-        """Unit vectors of customers (sorted ids) as of `at`, from purchases before it."""
-        inputs = encode_customers(
-            self.vocab,
-            bought,
-            profiles,
-            customer_ids,
-            at,
-            self.config.history_len,
-            self.config.half_life_days,
-        )
+        """Unit vectors of customers (sorted ids) as of `at`, from purchases and product views
+        before it."""
+        inputs = encode_history(self.vocab, self.config, bought, profiles, customer_ids, at, views)
         self.model.eval()
         device = next(self.model.parameters()).device
         rows = torch.arange(len(customer_ids))
@@ -113,14 +111,41 @@ class TrainedModel:
         bundle = Path(bundle_dir)
         vocab = Vocabulary.from_json(json.loads((bundle / "vocabulary.json").read_text()))
         payload = json.loads((bundle / "config.json").read_text())
-        # bundles saved before `logq_weight` existed were trained with the plain correction
+        # bundles saved before `logq_weight` existed were trained with the plain correction,
+        # before the history settings existed with order counts and no product views
         payload.setdefault("logq_weight", 1.0)
+        payload.setdefault("history_purchase_weight", "orders")
+        payload.setdefault("history_view_seconds", 0.0)
         config = TwoTowerConfig(**payload)
         state = torch.load(bundle / "model.pt", map_location="cpu", weights_only=True)
         model = TwoTower.from_state(config, vocab_sizes(vocab), state)
         model.to(device or default_device())
         metrics = json.loads((bundle / "metrics.json").read_text())
         return cls(model=model, vocab=vocab, config=config, metrics=metrics)
+
+
+def encode_history(
+    vocab: Vocabulary,
+    config: TwoTowerConfig,
+    bought: pl.DataFrame,
+    profiles: pl.DataFrame,
+    customer_ids: np.ndarray,
+    at: datetime,
+    views: pl.DataFrame | None,
+) -> CustomerInputs:
+    """CustomerInputs as of `at` with the model's history settings."""
+    return encode_customers(
+        vocab,
+        bought,
+        profiles,
+        customer_ids,
+        at,
+        config.history_len,
+        config.half_life_days,
+        views,
+        config.history_purchase_weight,
+        config.history_view_seconds,
+    )
 
 
 def default_device() -> str:
@@ -145,6 +170,7 @@ def training_examples(
     profiles: pl.DataFrame,
     cutoff: datetime,
     config: TwoTowerConfig,
+    views: pl.DataFrame | None = None,
 ) -> Examples:
     """One example per customer, week and distinct product bought that week, for the
     `config.weeks` whole weeks before the cutoff; snapshots are taken at each week's start.
@@ -178,14 +204,14 @@ def training_examples(
             continue
         customer_ids = np.unique(pairs["customer_id"].to_numpy())
         snapshots.append(
-            encode_customers(
+            encode_history(
                 vocab,
+                config,
                 before(bought, start),
                 before(profiles, start, "created_at"),
                 customer_ids,
                 start,
-                config.history_len,
-                config.half_life_days,
+                views,
             )
         )
         snapshot_rows.append(offset + np.searchsorted(customer_ids, pairs["customer_id"]))
@@ -216,7 +242,8 @@ def train(
     profiles = before(frames.customers, cutoff, "created_at")
     vocab = build_vocabulary(products, profiles, config.customer_buckets)
     product_inputs = encode_products(vocab, products, frames.product_image_features)
-    examples = training_examples(vocab, bought, profiles, cutoff, config)
+    views = before(frames.product_views, cutoff, "viewed_at")
+    examples = training_examples(vocab, bought, profiles, cutoff, config, views)
     log.info(
         "training on %d examples from %d customer snapshots, %d products, device %s",
         len(examples.product),

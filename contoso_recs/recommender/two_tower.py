@@ -46,6 +46,11 @@ class TwoTowerConfig:
     # on the tiny demo world its blend no longer beat popularity, so the default stays 1.
     logq_weight: float = 1.0
     repeat_target_share: float = 1.0
+    # The customer's pooled history: what a purchase weighs ("orders": 1 for each order holding
+    # the product, "quantity" of the line capped at 10, or "amount") and how many seconds of
+    # looking at a product page count as one purchase (0: product views left out).
+    history_purchase_weight: str = "quantity"
+    history_view_seconds: float = 120.0
     seed: int = 7
 
     def to_json(self) -> dict:

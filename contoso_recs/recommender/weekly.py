@@ -25,7 +25,7 @@ profile), `popular_in_your_categories` and `popular_now`.
 import logging
 import warnings
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 
 import numpy as np
 import polars as pl
@@ -45,7 +45,7 @@ from contoso_recs.recommender.data import (
     catalogue,
     purchases,
 )
-from contoso_recs.recommender.encoding import product_positions
+from contoso_recs.recommender.encoding import HISTORY_DAYS, product_positions
 from contoso_recs.recommender.evaluate import category_codes
 from contoso_recs.recommender.ranking import ProductIndex, best_positions
 from contoso_recs.recommender.train import TrainedModel
@@ -97,6 +97,8 @@ class WeeklyScorer:
     customer_ids: np.ndarray
     bought: pl.DataFrame  # purchases before the week, sorted by customer
     bought_customers: np.ndarray  # the customer_id column of `bought`
+    views: pl.DataFrame  # signed-in product views of the half-year before the week, by customer
+    views_customers: np.ndarray  # the customer_id column of `views`
     profiles: pl.DataFrame
     index: ProductIndex
     signals: Signals
@@ -126,6 +128,15 @@ class WeeklyScorer:
             )
         index = ProductIndex(products["product_id"].to_numpy().astype(np.int64))
         bought = before(purchases(frames), as_of).sort("customer_id", "at")
+        views = (
+            before(frames.product_views, as_of, "viewed_at")
+            .filter(
+                pl.col("customer_id").is_not_null()
+                & (pl.col("viewed_at") >= as_of - timedelta(days=HISTORY_DAYS))
+            )
+            .select("customer_id", "product_id", "viewed_at", "dwell_seconds")
+            .sort("customer_id", "viewed_at")
+        )
         if customer_ids is None:
             customer_ids = eligible_customers(frames, as_of)
         if trained is None:
@@ -161,6 +172,8 @@ class WeeklyScorer:
             customer_ids=customer_ids,
             bought=bought,
             bought_customers=bought["customer_id"].to_numpy(),
+            views=views,
+            views_customers=views["customer_id"].to_numpy(),
             profiles=before(frames.customers, as_of, "created_at"),
             index=index,
             signals=signals,
@@ -175,12 +188,14 @@ class WeeklyScorer:
         ids = self.customer_ids[rows]
         start, stop = np.searchsorted(self.bought_customers, [ids[0], ids[-1] + 1])
         history = self.bought.slice(start, stop - start)
+        start, stop = np.searchsorted(self.views_customers, [ids[0], ids[-1] + 1])
+        viewed = self.views.slice(start, stop - start)
         owned = self.signals.strengths[self.config.repeat_half_life_days][rows]
         if self.trained is None:
             vectors = np.zeros((len(ids), 1), dtype=np.float32)
             model_top = np.full((len(ids), 0), -1, dtype=np.int64)
         else:
-            vectors = self.trained.customer_vectors(history, self.profiles, ids, self.as_of)
+            vectors = self.trained.customer_vectors(history, self.profiles, ids, self.as_of, viewed)
             model_top, _ = batch_scoring.top_k(
                 vectors,
                 self.prepared,

@@ -79,7 +79,8 @@ def serving_arrays(trained: TrainedModel, frames: LakeFrames, at: datetime) -> d
             [profiles["customer_id"].to_numpy(), bought["customer_id"].unique().to_numpy()]
         )
     ).astype(np.int64)
-    customer_vectors = trained.customer_vectors(bought, profiles, customer_ids, at)
+    views = before(frames.product_views, at, "viewed_at")
+    customer_vectors = trained.customer_vectors(bought, profiles, customer_ids, at, views)
     indptr, indices = owned_products(bought, customer_ids, product_ids)
     return {
         "product_ids": product_ids,
