@@ -77,7 +77,8 @@ format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## The evaluation on The Complete Journey at two cutoffs: reports/evaluation.{md,json,png};
+## The evaluation on The Complete Journey at two cutoffs: reports/evaluation.{md,json,png} and
+## reports/evaluation_details.json (segments, intervals, blend weights);
 ## real-time recommendations offline: reports/evaluation_online.{md,json}.
 ## One PyTorch thread, so the committed figures reproduce exactly (more threads sum gradients in
 ## another order: the models differ a little, task-B HR@5 by up to .007).

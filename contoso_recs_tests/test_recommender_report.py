@@ -1,6 +1,8 @@
 """The evaluation report: tables per cutoff and task, with the bootstrap intervals."""
 
-from contoso_recs.recommender.report import markdown
+import json
+
+from contoso_recs.recommender.report import markdown, write_report
 
 
 def test_report_shows_each_methods_interval_and_its_difference_from_the_reference():
@@ -30,3 +32,30 @@ def test_report_shows_each_methods_interval_and_its_difference_from_the_referenc
     assert "| popularity | [0.0590, 0.0860] | — | [0.0127, 0.0195] | — |" in text
     cells = ["[0.0610, 0.0890]", "[-0.0055, +0.0111]", "[0.0132, 0.0204]", "[+0.0007, +0.0023]"]
     assert "| blend | " + " | ".join(cells) + " |" in text
+
+
+def test_evaluation_json_holds_the_task_figures_and_the_details_sit_beside_it(tmp_path):
+    figures = {"hr@5": 0.07, "ndcg@5": 0.016}
+    result = {
+        "A": {"popularity": figures},
+        "B": {"popularity": figures},
+        "intervals": {"A": {}, "B": {}},
+        "segments": {"A": {}, "B": {}},
+        "seconds": 12.5,
+    }
+
+    write_report({"completejourney": {"2017-12-04": result}}, tmp_path)
+
+    shaped = json.loads((tmp_path / "evaluation.json").read_text())
+    assert shaped == {"completejourney": {"2017-12-04": {"A": result["A"], "B": result["B"]}}}
+    details = json.loads((tmp_path / "evaluation_details.json").read_text())
+    assert details == {
+        "completejourney": {
+            "2017-12-04": {
+                "intervals": result["intervals"],
+                "segments": {"A": {}, "B": {}},
+                "seconds": 12.5,
+            }
+        }
+    }
+    assert (tmp_path / "evaluation.md").exists() and (tmp_path / "evaluation.png").exists()

@@ -14,16 +14,40 @@ CHART_METRICS = ("hr@5", "ndcg@5")
 
 
 def write_report(results: dict, out_dir: Path) -> list[Path]:
-    """evaluation.json, evaluation.md and evaluation.png under `out_dir`."""
+    """evaluation.json, evaluation_details.json, evaluation.md and evaluation.png under
+    `out_dir`.
+
+    evaluation.json holds the figures alone, `{dataset: {cutoff: {task: {method: {metric:
+    value}}}}}`; per-segment figures, intervals, blend weights and timings go to
+    evaluation_details.json, keyed by dataset and cutoff the same way.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    figures, details = split_results(results)
     json_path = out_dir / "evaluation.json"
-    json_path.write_text(json.dumps(results, indent=2, sort_keys=False))
+    json_path.write_text(json.dumps(figures, indent=2, sort_keys=False) + "\n")
+    details_path = out_dir / "evaluation_details.json"
+    details_path.write_text(json.dumps(details, indent=2, sort_keys=False) + "\n")
     chart_path = out_dir / "evaluation.png"
     write_chart(results, chart_path)
     md_path = out_dir / "evaluation.md"
     md_path.write_text(markdown(results, chart_path.name))
     log.info("evaluation report written to %s", out_dir)
-    return [json_path, md_path, chart_path]
+    return [json_path, details_path, md_path, chart_path]
+
+
+def split_results(results: dict) -> tuple[dict, dict]:
+    """The task figures of every dataset and cutoff, and everything else beside them."""
+    figures: dict = {}
+    details: dict = {}
+    for dataset, cutoffs in results.items():
+        for cutoff, result in cutoffs.items():
+            figures.setdefault(dataset, {})[cutoff] = {
+                t: result[t] for t in TASK_TITLES if t in result
+            }
+            details.setdefault(dataset, {})[cutoff] = {
+                key: value for key, value in result.items() if key not in TASK_TITLES
+            }
+    return figures, details
 
 
 def markdown(results: dict, chart_name: str) -> str:
