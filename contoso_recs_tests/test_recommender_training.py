@@ -181,7 +181,8 @@ def test_model_bundle_round_trips(tmp_path):
     loaded = TrainedModel.load(tmp_path, device="cpu")
     assert loaded.config == trained.config
     assert loaded.vocab == trained.vocab
-    np.testing.assert_array_equal(loaded.product_vectors(), trained.product_vectors())
+    # trained on the GPU where there is one, loaded on the CPU: the same up to float rounding
+    np.testing.assert_allclose(loaded.product_vectors(), trained.product_vectors(), atol=1e-5)
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "config.json",
         "metrics.json",
