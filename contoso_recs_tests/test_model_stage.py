@@ -7,7 +7,7 @@ from contoso_recs.automation.jobs import train_and_promote_job
 from contoso_recs.definitions import build_definitions
 from contoso_recs.environment import local_resources
 from contoso_recs.main_job import demo
-from contoso_recs.model import gate
+from contoso_recs.model import assets, gate
 from contoso_recs.model.gate import gate_failures, not_promotable, promoted_figures
 from contoso_recs.recommender import evaluate
 from contoso_recs_tests.conftest import materialization
@@ -186,3 +186,20 @@ def test_a_failed_gate_stops_promotion_and_keeps_the_promoted_model(
         for e in result.get_asset_materialization_events()
         if e.asset_key == dg.AssetKey(["model", "promoted_model"])
     ]
+
+
+def test_new_evaluation_figures_void_the_earlier_gate_verdict(tiny_lake, instance, monkeypatch):
+    monkeypatch.setattr(gate, "gate_failures", lambda candidate, promoted: [])
+    result = train_and_promote(tiny_lake, instance)
+    version = materialization(result, "model", "two_tower_candidate")["model_version"]
+    store = local_resources(tiny_lake)["model_store"]
+    assert store.card(version)["gate"]["passed"] is True
+
+    # model/evaluation materialised again on its own, without its check
+    again = dg.materialize(
+        [assets.evaluation], resources=local_resources(tiny_lake), instance=instance
+    )
+
+    assert again.success
+    assert store.card(version)["gate"] is None
+    assert not_promotable(store.card(version), "another") == "the promotion gate has not checked it"

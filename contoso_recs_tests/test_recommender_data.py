@@ -163,6 +163,13 @@ def test_a_product_discontinued_after_the_cutoff_was_on_sale_at_it():
     # product 500 is discontinued, last changed on Dec 9: after the cutoff of Dec 4
     assert catalogue(tiny_lake(), CUTOFF)["product_id"].to_list() == [100, 200, 300, 400, 500]
     assert 500 not in catalogue(tiny_lake(), at(10))["product_id"].to_list()
+    # recommendations made now leave it out whenever it was discontinued
+    assert catalogue(tiny_lake(), CUTOFF, current=True)["product_id"].to_list() == [
+        100,
+        200,
+        300,
+        400,
+    ]
 
 
 def test_segments_are_new_light_or_heavy_at_the_cutoff():
@@ -226,3 +233,24 @@ def test_history_events_weigh_orders_and_leave_views_out_at_zero_seconds():
     ]
     with pytest.raises(ValueError, match="purchase_weight must be one of"):
         history_events(purchases(lake), purchase_weight="units")
+
+
+def test_a_product_the_model_does_not_know_takes_no_history_slot():
+    lake = tiny_lake()
+    vocab = build_vocabulary(catalogue(lake, CUTOFF), lake.customers, customer_buckets=16)
+    assert 600 not in vocab.product_ids  # launched at the cutoff, after the model's data
+    bought = pl.DataFrame(
+        {
+            "customer_id": [1, 1, 1, 1],
+            "order_id": [5, 6, 7, 8],
+            "product_id": [600, 600, 600, 100],
+            "at": [at(6), at(7), at(8), at(5)],
+            "quantity": [1, 1, 1, 1],
+            "amount": [4.0, 4.0, 4.0, 2.0],
+        },
+        schema_overrides={"at": UTC_US},
+    )
+
+    inputs = encode_customers(vocab, bought, lake.customers, np.array([1]), at(10), 1, 28.0)
+
+    assert inputs.history.tolist() == [[vocab.product_ids.index(100) + 1]]

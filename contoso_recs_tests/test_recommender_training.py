@@ -14,9 +14,11 @@ from contoso_recs.recommender.data import LakeFrames, catalogue, purchases
 from contoso_recs.recommender.encoding import build_vocabulary
 from contoso_recs.recommender.train import (
     TrainedModel,
+    candidate_log_q,
     snapshot_batches,
     train,
     training_examples,
+    uniform_negatives,
 )
 from contoso_recs.recommender.two_tower import TwoTowerConfig, in_batch_loss
 
@@ -197,9 +199,9 @@ def test_logq_weight_scales_the_correction_the_loss_gets(monkeypatch):
     seen = {}
     real_loss = train_module.in_batch_loss
 
-    def recording_loss(customers, products, positions, snapshots, log_q, temperature):
+    def recording_loss(customers, products, positions, snapshots, log_q, temperature, **drawn):
         seen.setdefault("log_q", []).append(log_q.clone())
-        return real_loss(customers, products, positions, snapshots, log_q, temperature)
+        return real_loss(customers, products, positions, snapshots, log_q, temperature, **drawn)
 
     monkeypatch.setattr(train_module, "in_batch_loss", recording_loss)
     train(synthetic_lake(), CUTOFF, replace(TINY, epochs=1, logq_weight=1.0))
@@ -267,3 +269,71 @@ def test_a_training_snapshot_sees_only_profiles_created_before_its_week():
     assert first_rows[:-1].tolist() == [[0, 0, 0]] * (TINY.weeks - 1)
     assert first_rows[-1].tolist() != [0, 0, 0]
     assert (profiles[1::40] != 0).all()
+
+
+def test_uniform_negatives_are_extra_wrong_answers_for_every_customer():
+    customers = torch.eye(3)[:2]  # two customers, each bought one product
+    products = torch.eye(3)[:2]
+    drawn = torch.eye(3)[2:]  # a third product, drawn beside the batch
+    positions, snapshots = torch.tensor([1, 2]), torch.tensor([0, 1])
+
+    loss = in_batch_loss(customers, products, positions, snapshots, None, 1.0, negatives=drawn)
+
+    # each row: its own product at cosine 1 against the other (0) and the drawn one (0)
+    expected = -math.log(math.e / (math.e + 1 + 1))
+    assert loss.item() == pytest.approx(expected)
+    corrected = in_batch_loss(
+        customers,
+        products,
+        positions,
+        snapshots,
+        torch.zeros(2),
+        1.0,
+        negatives=drawn,
+        negatives_log_q=torch.tensor([math.log(2.0)]),
+    )
+    assert corrected.item() == pytest.approx(-math.log(math.e / (math.e + 1 + 0.5)))
+
+
+def test_uniform_negatives_leave_out_the_batch_products_and_are_reproducible():
+    positions = torch.tensor([1, 2, 3])
+    first = uniform_negatives(positions, 10, 200, torch.Generator().manual_seed(7))
+    again = uniform_negatives(positions, 10, 200, torch.Generator().manual_seed(7))
+
+    assert torch.equal(first, again)
+    assert set(first.tolist()) == set(range(4, 11))
+    assert uniform_negatives(positions, 10, 0, torch.Generator()).numel() == 0
+
+
+def test_with_uniform_negatives_each_candidate_is_corrected_by_its_expected_count():
+    log_q = torch.log(torch.tensor([1.0, 0.5, 0.25, 0.25]))  # position 0 unused
+    candidates = torch.tensor([1, 2, 3])
+
+    plain = candidate_log_q(log_q, candidates, batch_examples=4, uniform=0, n_products=3)
+    mixed = candidate_log_q(log_q, candidates, batch_examples=4, uniform=6, n_products=3)
+
+    torch.testing.assert_close(plain, log_q[candidates])
+    torch.testing.assert_close(mixed, torch.log(torch.tensor([2.0 + 2, 1.0 + 2, 1.0 + 2])))
+
+
+def test_training_with_uniform_negatives_gives_every_batch_drawn_products(monkeypatch):
+    from contoso_recs.recommender import train as train_module
+
+    drawn = []
+    real_loss = train_module.in_batch_loss
+
+    def recording_loss(*args, negatives=None, negatives_log_q=None):
+        drawn.append((len(negatives), negatives_log_q.clone()))
+        return real_loss(*args, negatives=negatives, negatives_log_q=negatives_log_q)
+
+    monkeypatch.setattr(train_module, "in_batch_loss", recording_loss)
+    # batches of 2 customer snapshots (4 products of the 10): the rest can be drawn
+    trained = train(synthetic_lake(), CUTOFF, replace(TINY, batch_size=4, uniform_negatives=8))
+
+    counts = [count for count, _ in drawn]
+    assert all(0 <= count <= 8 for count in counts)
+    assert sum(count > 0 for count in counts) > 0.9 * len(counts)
+    # 10 products, 8 draws a batch: each drawn one is expected 0.8 times plus its batch share
+    assert all((log_q > np.log(0.8)).all() for _, log_q in drawn)
+    losses = trained.metrics["epoch_loss"]
+    assert losses[-1] < losses[0] - 0.1

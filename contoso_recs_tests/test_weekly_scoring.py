@@ -39,9 +39,10 @@ def weekly_lake() -> LakeFrames:
             "price": [1.5, 1.5],
             "introduced_at": pl.Series([None, WEEK + timedelta(days=2)], dtype=UTC_US),
             "discontinued": [True, False],
-            # discontinued the day before the week starts; launched two days into it
+            # discontinued a day into the week (before the table is written, or rewritten);
+            # launched two days into it
             "modified_at": pl.Series(
-                [WEEK - timedelta(days=1), WEEK + timedelta(days=2)], dtype=UTC_US
+                [WEEK + timedelta(days=1), WEEK + timedelta(days=2)], dtype=UTC_US
             ),
         }
     )

@@ -111,11 +111,11 @@ def product_table(products: pl.DataFrame, transactions: pl.DataFrame) -> pl.Data
     the median unit price paid on that first day for the price, so neither carries anything from
     a later week into a model trained before it (a median over all sales would).
     """
-    at = pl.col("transaction_timestamp")
-    first_day = at.dt.date() == at.min().dt.date()
+    at, sold = pl.col("transaction_timestamp"), pl.col("quantity") > 0
+    first_day = at.dt.date() == at.filter(sold).min().dt.date()
     sales = transactions.group_by("product_id").agg(
         (pl.col("sales_value") / pl.col("quantity"))
-        .filter((pl.col("quantity") > 0) & first_day)
+        .filter(sold & first_day)
         .median()
         .alias("price"),
         sql_time("transaction_timestamp").min().alias("introduced_at"),

@@ -121,19 +121,21 @@ def two_tower_candidate(
 
 
 def candidate_version(context: dg.AssetExecutionContext | dg.AssetCheckExecutionContext) -> str:
-    """The candidate trained in this run; in a run that trained none, the latest one trained.
+    """The candidate trained in this run (or in the run it re-executes); in a run that trained
+    none, the latest one trained.
 
     Looking in the run first keeps two overlapping runs from evaluating, gating or promoting
     each other's candidate.
     """
-    run_id = context.run.run_id
-    this_run = context.instance.get_records_for_run(
-        run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, ascending=False
-    ).records
-    for record in this_run:
-        materialization = record.event_log_entry.asset_materialization
-        if materialization is not None and materialization.asset_key == CANDIDATE:
-            return str(materialization.metadata["model_version"].value)
+    run = context.run
+    for run_id in dict.fromkeys(r for r in (run.run_id, run.parent_run_id, run.root_run_id) if r):
+        records = context.instance.get_records_for_run(
+            run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION, ascending=False
+        ).records
+        for record in records:
+            materialization = record.event_log_entry.asset_materialization
+            if materialization is not None and materialization.asset_key == CANDIDATE:
+                return str(materialization.metadata["model_version"].value)
     event = context.instance.get_latest_materialization_event(CANDIDATE)
     if event is None or event.asset_materialization is None:
         raise ValueError("no candidate model has been trained yet")
@@ -160,8 +162,12 @@ def evaluation(
     write_chart({"lake": {card["cutoff"]: results}}, chart)
     (model_store.version_dir(version) / "evaluation.json").write_text(json.dumps(results, indent=2))
     promoted = promoted_on_same_week(context, lake, model_store, version, card)
+    # new figures void any earlier gate verdict: only the check run on them may allow promotion
     model_store.update_card(
-        version, evaluation={t: results[t] for t in ("A", "B")}, promoted_same_week=promoted
+        version,
+        evaluation={t: results[t] for t in ("A", "B")},
+        promoted_same_week=promoted,
+        gate=None,
     )
 
     metrics = {

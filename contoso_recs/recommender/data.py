@@ -288,19 +288,23 @@ def customer_features(frames: LakeFrames, cutoff: datetime) -> pl.DataFrame:
     )
 
 
-def catalogue(frames: LakeFrames, cutoff: datetime) -> pl.DataFrame:
+def catalogue(frames: LakeFrames, cutoff: datetime, current: bool = False) -> pl.DataFrame:
     """Products on sale at the cutoff: introduced before it (or undated) and not discontinued
     before it.
 
     The lake keeps each product's latest row, so a discontinued product counts as discontinued
     from its last change (`modified_at`): one discontinued at or after the cutoff was on sale at
     it, and leaving it out would let the later change decide what could be recommended then.
+    `current` is for recommendations made now for a week starting at the cutoff: every product
+    flagged discontinued is left out, whenever that happened.
     """
     introduced = pl.col("introduced_at").is_null() | (pl.col("introduced_at") < cutoff)
-    discontinued_before = pl.col("discontinued").fill_null(False) & (
-        pl.col("modified_at").is_null() | (pl.col("modified_at") < cutoff)
-    )
-    return frames.products.filter(introduced & ~discontinued_before).sort("product_id")
+    discontinued = pl.col("discontinued").fill_null(False)
+    if not current:
+        discontinued = discontinued & (
+            pl.col("modified_at").is_null() | (pl.col("modified_at") < cutoff)
+        )
+    return frames.products.filter(introduced & ~discontinued).sort("product_id")
 
 
 def product_popularity(bought: pl.DataFrame, cutoff: datetime, days: int) -> pl.DataFrame:

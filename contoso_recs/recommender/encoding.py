@@ -145,11 +145,18 @@ def encode_customers(
     weights summing to 1.
     """
     since = at - timedelta(days=HISTORY_DAYS)
+    # only these customers, and only products the model knows: a product launched after the
+    # model was trained would otherwise take a history slot and then be left empty
+    wanted = pl.col("customer_id").is_in(
+        pl.Series(customer_ids, dtype=pl.Int64).implode()
+    ) & pl.col("product_id").is_in(pl.Series(vocab.product_ids, dtype=pl.Int64).implode())
     recent_views = None
     if views is not None:
-        recent_views = before(views, at, "viewed_at").filter(pl.col("viewed_at") >= since)
+        recent_views = before(views, at, "viewed_at").filter(
+            (pl.col("viewed_at") >= since) & wanted
+        )
     events = history_events(
-        before(bought, at).filter(pl.col("at") >= since),
+        before(bought, at).filter((pl.col("at") >= since) & wanted),
         recent_views,
         purchase_weight,
         seconds_per_purchase,

@@ -286,6 +286,8 @@ def fit(
     sparse_opt = torch.optim.SparseAdam(model.sparse_parameters(), lr=config.sparse_lr)
     dense_opt = torch.optim.Adam(model.dense_parameters(), lr=config.dense_lr)
     rng = np.random.default_rng(config.seed)
+    draws = torch.Generator().manual_seed(config.seed)
+    n_products = len(model.department) - 1  # positions 1..n; 0 is the unknown product
 
     losses, speeds = [], []
     model.train()
@@ -298,13 +300,23 @@ def fit(
             chosen, rows, owner = (torch.as_tensor(a, device=device) for a in (chosen, rows, owner))
             customers = model.customer_vectors({k: v[chosen] for k, v in snapshots.items()})
             positions = product[rows]
+            negatives = uniform_negatives(positions, n_products, config.uniform_negatives, draws)
+            candidates = torch.cat([positions, negatives])
+            vectors = model.product_vectors(candidates)
+            correction = None
+            if config.logq_correction:
+                correction = config.logq_weight * candidate_log_q(
+                    log_q, candidates, len(positions), config.uniform_negatives, n_products
+                )
             loss = in_batch_loss(
                 customers[owner],
-                model.product_vectors(positions),
+                vectors[: len(positions)],
                 positions,
                 owner,
-                config.logq_weight * log_q[positions] if config.logq_correction else None,
+                None if correction is None else correction[: len(positions)],
                 config.temperature,
+                negatives=vectors[len(positions) :],
+                negatives_log_q=None if correction is None else correction[len(positions) :],
             )
             sparse_opt.zero_grad()
             dense_opt.zero_grad()
@@ -340,6 +352,36 @@ def snapshot_batches(snapshot: np.ndarray, batch_size: int, rng: np.random.Gener
         offsets = np.repeat(starts[chosen] - (np.cumsum(sizes) - sizes), sizes)
         rows = by_snapshot[offsets + np.arange(sizes.sum())]
         yield chosen, rows, np.repeat(np.arange(len(chosen)), sizes)
+
+
+def uniform_negatives(
+    positions: torch.Tensor, n_products: int, count: int, draws: torch.Generator
+) -> torch.Tensor:
+    """`count` product positions drawn uniformly from the vocabulary as extra negatives, less
+    any that is already a product of the batch (so none is another example's right answer)."""
+    if count <= 0:
+        return positions[:0]
+    drawn = torch.randint(1, n_products + 1, (count,), generator=draws).to(positions.device)
+    return drawn[~torch.isin(drawn, positions)]
+
+
+def candidate_log_q(
+    log_q: torch.Tensor,
+    candidates: torch.Tensor,
+    batch_examples: int,
+    uniform: int,
+    n_products: int,
+) -> torch.Tensor:
+    """log of how often each candidate product is expected among a batch's candidates.
+
+    Without uniform negatives that is its share of training examples (up to a constant, which
+    the softmax ignores); with them, a batch of B examples holds product i about B * share_i
+    times as an in-batch product plus uniform / n_products times as a drawn one.
+    """
+    if uniform == 0:
+        return log_q[candidates]
+    expected = batch_examples * log_q[candidates].exp() + uniform / n_products
+    return expected.log()
 
 
 def sampling_log_frequency(products: np.ndarray, n_positions: int, device) -> torch.Tensor:

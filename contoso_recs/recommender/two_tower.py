@@ -51,6 +51,9 @@ class TwoTowerConfig:
     # looking at a product page count as one purchase (0: product views left out).
     history_purchase_weight: str = "quantity"
     history_view_seconds: float = 120.0
+    # Products drawn uniformly from the catalogue as extra negatives in every batch (mixed
+    # negative sampling), so products rarely bought are pushed down too; 0: in-batch only.
+    uniform_negatives: int = 0
     seed: int = 7
 
     def to_json(self) -> dict:
@@ -151,13 +154,17 @@ def in_batch_loss(
     snapshots: torch.Tensor,
     log_q: torch.Tensor | None,
     temperature: float,
+    negatives: torch.Tensor | None = None,
+    negatives_log_q: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Softmax over the batch's products, each customer's own product being the right answer.
 
     With `log_q` (log sampling frequency of each batch product) the logits are corrected so that
     popular products are not over-penalised for appearing often as negatives. A product that
     appears twice in the batch, or another product the same customer snapshot bought, is not
-    counted as a negative.
+    counted as a negative. `negatives` (unit vectors of products drawn beside the batch, none of
+    them a batch product) are further wrong answers for every customer, corrected by
+    `negatives_log_q`.
     """
     logits = customers @ products.T / temperature
     if log_q is not None:
@@ -167,6 +174,11 @@ def in_batch_loss(
     )
     same.fill_diagonal_(False)
     logits = logits.masked_fill(same, float("-inf"))
+    if negatives is not None and len(negatives):
+        drawn = customers @ negatives.T / temperature
+        if negatives_log_q is not None:
+            drawn = drawn - negatives_log_q.unsqueeze(0)
+        logits = torch.cat([logits, drawn], dim=1)
     return F.cross_entropy(logits, torch.arange(len(logits), device=logits.device))
 
 

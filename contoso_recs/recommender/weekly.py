@@ -120,7 +120,7 @@ class WeeklyScorer:
         """Prepare the week; without a model (`trained` None) the blend ranks by its other
         signals alone: repeat purchases, co-purchases, categories and best sellers."""
         as_of = as_cutoff(week_start)
-        products = catalogue(frames, as_of)
+        products = catalogue(frames, as_of, current=True)
         if products.height < k:
             raise ValueError(
                 f"only {products.height} products are on sale at {as_of:%Y-%m-%d}: "

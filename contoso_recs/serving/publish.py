@@ -61,7 +61,7 @@ class Published:
 def serving_arrays(trained: TrainedModel, frames: LakeFrames, at: datetime) -> dict:
     """Everything a bundle holds besides its manifest, as of `at`."""
     bought = before(purchases(frames), at)
-    on_sale = catalogue(frames, at)["product_id"].to_numpy()
+    on_sale = catalogue(frames, at, current=True)["product_id"].to_numpy()
     positions = product_positions(trained.vocab, on_sale)
     product_ids = on_sale[positions > 0]
     product_vectors = trained.product_vectors()[positions[positions > 0]]
