@@ -288,6 +288,7 @@ def fit(
     rng = np.random.default_rng(config.seed)
     draws = torch.Generator().manual_seed(config.seed)
     n_products = len(model.department) - 1  # positions 1..n; 0 is the unknown product
+    n_drawn = min(config.uniform_negatives, n_products)  # a small catalogue: each about once
 
     losses, speeds = [], []
     model.train()
@@ -300,13 +301,15 @@ def fit(
             chosen, rows, owner = (torch.as_tensor(a, device=device) for a in (chosen, rows, owner))
             customers = model.customer_vectors({k: v[chosen] for k, v in snapshots.items()})
             positions = product[rows]
-            negatives = uniform_negatives(positions, n_products, config.uniform_negatives, draws)
+            negatives = uniform_negatives(positions, n_products, n_drawn, draws)
             candidates = torch.cat([positions, negatives])
-            vectors = model.product_vectors(candidates)
+            # the product tower runs once per distinct product of the batch
+            distinct, inverse = torch.unique(candidates, return_inverse=True)
+            vectors = model.product_vectors(distinct)[inverse]
             correction = None
             if config.logq_correction:
                 correction = config.logq_weight * candidate_log_q(
-                    log_q, candidates, len(positions), config.uniform_negatives, n_products
+                    log_q, candidates, len(positions), n_drawn, n_products
                 )
             loss = in_batch_loss(
                 customers[owner],
