@@ -57,7 +57,7 @@ class TwoTowerConfig:
     # .552 / .213 (task A) and .065 / .016 (task B) to .563 / .220 and .065 / .016 with 512,
     # and .557 / .213 and .071 / .018 with 512 and logq_weight 1.25 (1.5: .539 / .201 and
     # .069 / .017); the shipped blends moved < .002. On the demo data, 512 with 1.25 took
-    # task B from .269 to .292 (task A .842 to .834). 8% fewer examples per second.
+    # task B from .269 to .292 (task A .842 to .834). About 4% fewer examples per second.
     uniform_negatives: int = 512
     seed: int = 7
 
