@@ -54,10 +54,11 @@ backtest: setup
 	$(PY) -m contoso_recs.cli backtest --week $(WEEK) --dataset $(DATASET) --scale $(SCALE) \
 		--data-dir $(BACKTEST_DIR)
 
-## The Dagster UI on http://127.0.0.1:3000 over the same instance the demo used.
+## The Dagster UI on http://127.0.0.1:$(UI_PORT) (3000 unless given) over the demo's instance.
+UI_PORT ?= 3000
 ui: setup
 	mkdir -p $(DAGSTER_HOME)
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p 3000 -w workspace.yaml
+	$(VENV)/bin/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
 
 ## Real-time recommendations on http://127.0.0.1:$(PORT)/score from the promoted model
 ## (publishes its serving bundle first when the promoted model has none yet).
