@@ -152,11 +152,11 @@ def encode_customers(
     ) & pl.col("product_id").is_in(pl.Series(vocab.product_ids, dtype=pl.Int64).implode())
     recent_views = None
     if views is not None:
-        recent_views = before(views, at, "viewed_at").filter(
-            (pl.col("viewed_at") >= since) & wanted
+        recent_views = views.filter(
+            (pl.col("viewed_at") < at) & (pl.col("viewed_at") >= since) & wanted
         )
     events = history_events(
-        before(bought, at).filter((pl.col("at") >= since) & wanted),
+        bought.filter((pl.col("at") < at) & (pl.col("at") >= since) & wanted),
         recent_views,
         purchase_weight,
         seconds_per_purchase,

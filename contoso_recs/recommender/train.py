@@ -208,7 +208,10 @@ def training_examples(
                 vocab,
                 config,
                 before(bought, start),
-                before(profiles, start, "created_at"),
+                profiles.filter(
+                    (pl.col("created_at") < start)
+                    & pl.col("customer_id").is_in(pl.Series(customer_ids).implode())
+                ),
                 customer_ids,
                 start,
                 views,
