@@ -364,3 +364,32 @@ def test_completejourney_households_become_crm_contacts(completejourney_sources:
         "modifiedon": "2017-01-01T00:00:00Z",
     }
     assert Counter(c["contoso_householdsize"] for c in contacts.values())[5] == 66
+
+
+def test_completejourney_price_and_launch_come_from_the_first_day_with_units_sold():
+    products = pl.DataFrame(
+        {
+            "product_id": [1, 2],
+            "department": ["GROCERY", "GROCERY"],
+            "product_category": ["MILK", "BREAD"],
+            "product_type": ["WHOLE MILK", "RYE BREAD"],
+            "brand": ["National", "Private"],
+            "package_size": ["1 GA", None],
+        }
+    )
+    day = lambda d, h=9: datetime(2017, 3, d, h)  # noqa: E731
+    transactions = pl.DataFrame(
+        {
+            "product_id": [1, 1, 1, 2, 2],
+            # product 1: 2.00 on its first day, 5.00 twice weeks later (not known then);
+            # product 2: a line of no units first, then 3.00 a day later
+            "transaction_timestamp": [day(1), day(20), day(21), day(2), day(3)],
+            "quantity": [1, 1, 1, 0, 1],
+            "sales_value": [2.0, 5.0, 5.0, 0.0, 3.0],
+        }
+    )
+
+    table = completejourney.product_table(products, transactions)
+
+    assert table.select("product_id", "price").rows() == [(1, 2.0), (2, 3.0)]
+    assert table["introduced_at"].to_list() == ["2017-03-01 09:00:00", "2017-03-02 09:00:00"]
