@@ -9,13 +9,13 @@ import pytest
 
 from contoso_recs.recommender.data import (
     LakeFrames,
+    before,
     catalogue,
     customer_features,
     customer_segments,
     decayed_history,
     history_events,
     holdout_targets,
-    interactions,
     purchases,
     read_lake,
     temporal_split,
@@ -94,8 +94,15 @@ def tiny_lake() -> LakeFrames:
     return LakeFrames(products, orders, lines, customers, views, images)
 
 
-def test_interactions_stop_strictly_before_the_cutoff():
-    rows = interactions(tiny_lake(), CUTOFF).sort("at")
+def events_before(lake: LakeFrames, cutoff: datetime, **weights) -> pl.DataFrame:
+    """The weighted purchases and views before the cutoff, as the customer tower reads them."""
+    return history_events(
+        before(purchases(lake), cutoff), before(lake.product_views, cutoff, "viewed_at"), **weights
+    ).sort("at")
+
+
+def test_history_events_stop_strictly_before_the_cutoff():
+    rows = events_before(tiny_lake(), CUTOFF)
     assert rows.select("product_id", "kind", "weight").rows() == [
         (100, "purchase", 2.0),
         (400, "product_view", 0.5),
@@ -104,8 +111,8 @@ def test_interactions_stop_strictly_before_the_cutoff():
 
 def test_purchase_weight_can_be_the_amount_and_bulk_quantities_are_capped():
     lake = tiny_lake()
-    by_amount = interactions(lake, at(9), purchase_weight="amount").filter(kind="purchase")
-    by_quantity = interactions(lake, at(9)).filter(kind="purchase")
+    by_amount = events_before(lake, at(9), purchase_weight="amount").filter(kind="purchase")
+    by_quantity = events_before(lake, at(9)).filter(kind="purchase")
     assert sorted(by_amount["weight"].to_list()) == [1.5, 2.0, 4.0, 60.0]
     assert sorted(by_quantity["weight"].to_list()) == [1.0, 1.0, 2.0, 10.0]
 

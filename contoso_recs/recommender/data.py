@@ -177,21 +177,6 @@ def history_events(
     return pl.concat(events)
 
 
-def interactions(
-    frames: LakeFrames,
-    cutoff: datetime,
-    purchase_weight: str = "quantity",
-    seconds_per_purchase: float = 120.0,
-) -> pl.DataFrame:
-    """Purchases and product views before the cutoff, each with its weight (history_events)."""
-    return history_events(
-        before(purchases(frames), cutoff),
-        before(frames.product_views, cutoff, "viewed_at"),
-        purchase_weight,
-        seconds_per_purchase,
-    ).sort("at")
-
-
 def order_counts(bought: pl.DataFrame, cutoff: datetime) -> pl.DataFrame:
     """Per customer and product: orders containing it before the cutoff, and the last one."""
     return (
