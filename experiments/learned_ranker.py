@@ -13,7 +13,6 @@ For each cutoff T it measures, on The Complete Journey:
   the week it describes and nothing is tuned on the test week. The variant reported as chosen
   is the one with the best NDCG@5 on week T-7 when trained on T-28, T-21 and T-14.
 
-    .venv/bin/pip install -e '.[experiments]'
     .venv/bin/python -m experiments.learned_ranker --lake data/completejourney/lake \\
         --cutoffs 2017-12-04 2017-11-13 --tasks A B --out data/ranker_experiment.json
 

@@ -183,9 +183,15 @@ def evaluation(
         for method, figures in results[task].items()
         for metric, value in figures.items()
     }
+    learned_on = int(results.get("learned_rule_customers", 0))
     context.log.info(
         f"model {version}: blend task A hr@5 {results['A']['blend']['hr@5']:.3f}, "
-        f"task B hr@5 {results['B']['blend']['hr@5']:.3f}"
+        f"task B hr@5 {results['B']['blend']['hr@5']:.3f}; task A ranked by "
+        + (
+            f"a rule learned on {learned_on} customers of the holdout week (figures cross-fitted)"
+            if learned_on
+            else "the shipped weights (too few customers on the holdout week to learn a rule)"
+        )
     )
     comparison = (
         {
@@ -202,6 +208,7 @@ def evaluation(
             "promoted_version": dg.MetadataValue.text(promoted["version"] if promoted else ""),
             "model_version": dg.MetadataValue.text(version),
             "test_customers": dg.MetadataValue.int(int(results.get("test_customers", 0))),
+            "learned_rule_customers": dg.MetadataValue.int(learned_on),
             "report": dg.MetadataValue.md(evaluation_markdown(results, chart)),
             **metrics,
         }

@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
+from typing import Protocol
 
 import numpy as np
 import polars as pl
@@ -109,6 +110,19 @@ class BlendConfig:
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    def scores(self, pool: "Candidates") -> np.ndarray:
+        """The blend score of every candidate slot; -inf where it may not be shown."""
+        return blend_scores(pool, self)
+
+
+class Rule(Protocol):
+    """How a customer's candidates are ranked: weights (BlendConfig) or a learned ranker
+    (learned.LearnedRule)."""
+
+    allow_repeats: bool
+
+    def scores(self, pool: "Candidates") -> np.ndarray: ...
 
 
 # The shipped configuration per task, tuned on the validation weeks from 2017-10-30 and
@@ -320,9 +334,9 @@ def blend_scores(pool: Candidates, config: BlendConfig) -> np.ndarray:
     return np.where(pool.positions >= 0, score, -np.inf)
 
 
-def recommend(pool: Candidates, config: BlendConfig, k: int) -> dict[int, list[int]]:
-    """Top-k product ids per customer under the blend rule."""
-    score = blend_scores(pool, config)
+def recommend(pool: Candidates, rule: Rule, k: int) -> dict[int, list[int]]:
+    """Top-k product ids per customer under a blend rule."""
+    score = rule.scores(pool)
     best = best_positions(score, k)
     lists = {}
     for row, slots in enumerate(best):
@@ -355,11 +369,11 @@ class ValidationWeek:
                 ideal[row] = gains[: min(len(wanted), VALIDATION_K)].sum()
         return cls(pool, relevant, ideal, len(targets))
 
-    def ndcg(self, config: BlendConfig) -> float:
-        """Mean NDCG@5 of the blend over the week's customers (absent from the pool: 0)."""
+    def ndcg(self, rule: Rule) -> float:
+        """Mean NDCG@5 of a blend rule over the week's customers (absent from the pool: 0)."""
         if not self.customers:
             return 0.0
-        score = blend_scores(self.pool, config)
+        score = rule.scores(self.pool)
         best = best_positions(score, VALIDATION_K)
         hit = np.take_along_axis(self.relevant, best, axis=1) & np.isfinite(
             np.take_along_axis(score, best, axis=1)

@@ -22,7 +22,7 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
-from contoso_recs.recommender import baselines, blend
+from contoso_recs.recommender import baselines, blend, learned
 from contoso_recs.recommender.data import (
     LakeFrames,
     as_cutoff,
@@ -58,8 +58,9 @@ VALIDATION_WEEKS = 2
 # Complete Journey (NDCG@5): BM25 weighting lifts task A (.150 against .126) but lowers task B
 # (.017 against .020), so task B keeps the log weighting.
 ALS_PARAMETERS = {"A": {"weighting": "bm25", "alpha": 1.0}, "B": {}}
-# `blend`: weights tuned on the weeks before the cutoff; `shipped_blend`: the fixed weights the
-# weekly table and the promotion gate use (blend.SHIPPED_BLENDS), on the same candidates.
+# `blend`: weights tuned on the weeks before the cutoff; `shipped_blend`: what the weekly table
+# and the promotion gate rank by (task A: the learned rule fit on those weeks; task B: the
+# shipped weights, blend.SHIPPED_BLENDS), on the same candidates.
 METHODS = ("popularity", "buy_again", "item_knn", "als", "two_tower", "blend", "shipped_blend")
 
 
@@ -143,11 +144,13 @@ def model_pool(
 
 def tuned_blends(
     frames: LakeFrames, bought: pl.DataFrame, cutoff: datetime, config: TwoTowerConfig
-) -> dict[str, blend.BlendConfig]:
-    """Blend configuration per task, tuned on the VALIDATION_WEEKS weeks before the cutoff.
+) -> dict[str, dict[str, blend.Rule]]:
+    """The rules of `blend` and `shipped_blend` per task, fit on the VALIDATION_WEEKS weeks
+    before the cutoff: `blend` the weights tuned there, `shipped_blend` what the weekly table
+    does (task A: the learned rule fit there; task B: the shipped weights).
 
     One model is trained before the first of those weeks and scores each of them (customers as
-    of the week's start), so no week it is tuned on was seen in training, and the last week
+    of the week's start), so no week they are fit on was seen in training, and the last week
     ends at the cutoff.
     """
     first = cutoff - timedelta(days=7 * VALIDATION_WEEKS)
@@ -156,13 +159,24 @@ def tuned_blends(
     for week in range(VALIDATION_WEEKS):
         validation = holdout(frames, bought, first + timedelta(days=7 * week))
         weeks.append((validation, model_pool(trained, frames, bought, validation)[1]))
-    return {
+    tuned = {
         task: blend.tune_weeks(
             [(pool, validation.targets(task)) for validation, pool in weeks],
             allow_repeats=task == "A",
         )[0]
         for task in TASKS
     }
+    rule = learned.fit(
+        [(pool, validation.targets("A")) for validation, pool in weeks],
+        blend.SHIPPED_BLENDS["A"],
+    )
+    return {"blend": tuned, "shipped_blend": shipped_rules(rule)}
+
+
+def shipped_rules(rule: learned.LearnedRule | None) -> dict[str, blend.Rule]:
+    """What ranks each task in the weekly table: task A the learned rule when there is one,
+    the shipped weights otherwise."""
+    return {"A": rule or blend.SHIPPED_BLENDS["A"], "B": blend.SHIPPED_BLENDS["B"]}
 
 
 def evaluate_cutoff(
@@ -170,9 +184,9 @@ def evaluate_cutoff(
 ) -> dict:
     """Metrics of every method and task at one cutoff, overall and per segment."""
     started = time.perf_counter()
-    blends = tuned_blends(frames, bought, cutoff, config)
+    rules = tuned_blends(frames, bought, cutoff, config)
     trained = train(frames, cutoff, config)
-    result = evaluate_trained(frames, bought, trained, cutoff, blends)
+    result = evaluate_trained(frames, bought, trained, cutoff, rules)
     result["training"] = trained.metrics
     result["seconds"] = round(time.perf_counter() - started, 1)
     log.info("cutoff %s evaluated in %.0f s", f"{cutoff:%Y-%m-%d}", result["seconds"])
@@ -184,12 +198,23 @@ def evaluate_trained(
     bought: pl.DataFrame,
     trained: TrainedModel,
     cutoff: datetime,
-    blends: dict[str, blend.BlendConfig],
+    rules: dict[str, dict[str, blend.Rule]],
 ) -> dict:
-    """Metrics of a trained model, its blends and every baseline on the week from `cutoff`."""
+    """Metrics of a trained model, its blend rules ({method: {task: rule}}) and every
+    baseline on the week from `cutoff`."""
     test = holdout(frames, bought, cutoff)
     scores, pool = model_pool(trained, frames, bought, test)
+    return evaluate_pool(bought, test, scores, pool, rules)
 
+
+def evaluate_pool(
+    bought: pl.DataFrame,
+    test: Holdout,
+    scores: np.ndarray,
+    pool: blend.Candidates,
+    rules: dict[str, dict[str, blend.Rule]],
+) -> dict:
+    """Metrics of the two-tower scores, the blend rules on its candidates and every baseline."""
     result: dict = {"segments": {}, "intervals": {}}
     for task in TASKS:
         lists = baseline_lists(bought, test, task)
@@ -200,9 +225,8 @@ def evaluate_trained(
             LIST_LENGTH,
             test.owned if task == "B" else None,
         )
-        lists["blend"] = blend.recommend(pool, blends[task], LIST_LENGTH)
-        if blends is not blend.SHIPPED_BLENDS:  # a tuned blend: show what ships beside it
-            lists["shipped_blend"] = blend.recommend(pool, blend.SHIPPED_BLENDS[task], LIST_LENGTH)
+        for method, by_task in rules.items():
+            lists[method] = blend.recommend(pool, by_task[task], LIST_LENGTH)
         result[task], result["segments"][task] = {}, {}
         for method in METHODS:
             if method not in lists:
@@ -221,9 +245,21 @@ def evaluate_trained(
             test.targets(task),
             INTERVAL_REFERENCE[task],
         )
-    result["blend_config"] = {task: c.to_json() for task, c in blends.items()}
+    result["blend_config"] = {
+        method: {task: describe(rule) for task, rule in by_task.items()}
+        for method, by_task in rules.items()
+    }
     result["test_customers"] = len(test.customer_ids)
     return result
+
+
+def describe(rule: blend.Rule) -> dict:
+    """A rule as JSON: its weights, or what the learned rule was fit on."""
+    if isinstance(rule, learned.LearnedRule):
+        return {"learned": True, "customers": rule.customers, "allow_repeats": rule.allow_repeats}
+    if isinstance(rule, learned.CrossFitted):
+        return {"learned": True, "cross_fitted_folds": learned.FOLDS, "allow_repeats": True}
+    return rule.to_json()
 
 
 def evaluate_bundle(
@@ -231,14 +267,31 @@ def evaluate_bundle(
     bundle_dir: str | Path,
     cutoff: str | date | datetime,
     versions: dict[str, int] | None = None,
-    blends: dict[str, blend.BlendConfig] | None = None,
 ) -> dict:
-    """Evaluate a saved model bundle on the week from `cutoff`, reading pinned lake versions."""
+    """Evaluate a saved model bundle on the week from `cutoff`, reading pinned lake versions,
+    and fit its learned blend rule on that week (saved in `bundle_dir`).
+
+    The week is one the model never saw, so the rule learns how its signals predict unseen
+    purchases. The `blend` figures of task A are cross-fitted: each customer ranked by a rule
+    fit on the week's other customers, never on their own purchases.
+    """
     frames = read_lake(lake_root, versions)
-    trained = TrainedModel.load(bundle_dir)
-    return evaluate_trained(
-        frames, purchases(frames), trained, as_cutoff(cutoff), blends or blend.SHIPPED_BLENDS
-    )
+    bought = purchases(frames)
+    test = holdout(frames, bought, as_cutoff(cutoff))
+    scores, pool = model_pool(TrainedModel.load(bundle_dir), frames, bought, test)
+    explain = blend.SHIPPED_BLENDS["A"]
+    rule = learned.fit([(pool, test.targets("A"))], explain)
+    rule_path = Path(bundle_dir) / learned.FILE
+    if rule is None:
+        rule_path.unlink(missing_ok=True)
+        shipped = shipped_rules(None)
+    else:
+        rule.save(bundle_dir)
+        folds = learned.cross_fitted_scores(pool, test.targets("A"), explain)
+        shipped = shipped_rules(None if folds is None else learned.CrossFitted(folds, explain))
+    result = evaluate_pool(bought, test, scores, pool, {"blend": shipped})
+    result["learned_rule_customers"] = rule.customers if rule else 0
+    return result
 
 
 def evaluate_blends(
@@ -246,18 +299,18 @@ def evaluate_blends(
     bundle_dir: str | Path,
     cutoff: str | date | datetime,
     versions: dict[str, int] | None = None,
-    blends: dict[str, blend.BlendConfig] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The shipped blend's overall metrics per task for a saved model on the week from `cutoff`:
-    how an already promoted model does on a candidate's holdout, for a like-for-like gate."""
+    """The shipped rules' overall metrics per task for a saved model (with the learned rule
+    saved beside it) on the week from `cutoff`: how an already promoted model does on a
+    candidate's holdout, for a like-for-like gate."""
     frames = read_lake(lake_root, versions)
     bought = purchases(frames)
     test = holdout(frames, bought, as_cutoff(cutoff))
     _, pool = model_pool(TrainedModel.load(bundle_dir), frames, bought, test)
-    blends = blends or blend.SHIPPED_BLENDS
+    rules = shipped_rules(learned.LearnedRule.load(bundle_dir, blend.SHIPPED_BLENDS["A"]))
     return {
         task: evaluate_task(
-            blend.recommend(pool, blends[task], LIST_LENGTH),
+            blend.recommend(pool, rules[task], LIST_LENGTH),
             test.targets(task),
             test.bought_before,
             test.segments,

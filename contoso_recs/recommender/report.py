@@ -57,9 +57,11 @@ def markdown(results: dict, chart_name: str) -> str:
         "Temporal holdout: train on purchases before the cutoff, test on the 7 days from it, "
         "whole-catalogue ranking. Test customers: those with a purchase in the test week "
         "(task B: those with a product new to them). `blend`: weights tuned on the two "
-        "weeks before the cutoff, scored by a model trained before them. `shipped_blend`: the "
-        "fixed weights the weekly top-5 table and the promotion gate use, on the same "
-        "candidates. Under each task's table: 95% bootstrap intervals over its test customers.",
+        "weeks before the cutoff, scored by a model trained before them. `shipped_blend`: how "
+        "the weekly top-5 table and the promotion gate rank, on the same candidates: task A by "
+        "the learned rule (a LambdaRank model over the same signals) fit on those two weeks, "
+        "task B by the shipped weights. Under each task's table: 95% bootstrap intervals over "
+        "its test customers.",
         "",
         "Real-time recommendations (the product page, one viewed product at a time) are "
         "evaluated in [evaluation_online.md](evaluation_online.md).",

@@ -8,7 +8,9 @@ Everything is as of the start of the week (Monday 00:00 UTC): purchases, profile
 the catalogue before it, so the table for a past week reproduces what would have been sent then.
 Each customer's products are ranked by the shipped blend (`blend.py`): their two-tower top
 products, what they bought before, the store's popular products and the best sellers of their
-favourite categories, scored by one rule. The email team's rules:
+favourite categories, scored by one rule: with repeats allowed, the learned rule fit beside the
+promoted model when it has one (`learned.py`), else the task's shipped weights. The email
+team's rules:
 
 - no product twice for a customer, and exactly `k` products each (a customer whose candidates run
   short is topped up with the week's best sellers they may be shown);
@@ -34,8 +36,8 @@ from contoso_recs.recommender import batch_scoring
 from contoso_recs.recommender.blend import (
     MODEL_CANDIDATES,
     BlendConfig,
+    Rule,
     Signals,
-    blend_scores,
     contributions,
 )
 from contoso_recs.recommender.data import (
@@ -47,6 +49,7 @@ from contoso_recs.recommender.data import (
 )
 from contoso_recs.recommender.encoding import HISTORY_DAYS, product_positions
 from contoso_recs.recommender.evaluate import category_codes
+from contoso_recs.recommender.learned import HALF_LIVES, LearnedRule
 from contoso_recs.recommender.ranking import ProductIndex, best_positions
 from contoso_recs.recommender.train import TrainedModel
 
@@ -91,7 +94,7 @@ class WeeklyScorer:
     """Everything the week's scoring needs, prepared once; `score` handles one batch of rows."""
 
     as_of: datetime
-    config: BlendConfig
+    config: Rule  # the weights of a task, or the learned rule fit with the model
     k: int
     trained: TrainedModel | None  # None: no model passed the gate yet, the blend goes without
     customer_ids: np.ndarray
@@ -113,7 +116,7 @@ class WeeklyScorer:
         frames: LakeFrames,
         trained: TrainedModel | None,
         week_start: date | datetime,
-        config: BlendConfig,
+        config: Rule,
         k: int = K,
         customer_ids: np.ndarray | None = None,
     ) -> "WeeklyScorer":
@@ -140,6 +143,8 @@ class WeeklyScorer:
         if customer_ids is None:
             customer_ids = eligible_customers(frames, as_of)
         if trained is None:
+            if isinstance(config, LearnedRule):  # learned with model scores: not without them
+                config = config.explain
             config = replace(config, model_weight=0.0)
             known = np.ones(len(index), dtype=bool)
             vectors = np.zeros((len(index), 1), dtype=np.float32)
@@ -149,6 +154,8 @@ class WeeklyScorer:
             vectors = trained.product_vectors()[positions]
             vectors[~known] = 0.0
         half_lives = (config.repeat_half_life_days,)
+        if isinstance(config, LearnedRule):
+            half_lives = tuple(sorted({*half_lives, *HALF_LIVES}))
         signals = Signals.of(
             bought,
             as_of,
@@ -183,6 +190,11 @@ class WeeklyScorer:
             best_sellers=np.argsort(-signals.popularity, kind="stable"),
         )
 
+    @property
+    def weights(self) -> BlendConfig:
+        """The task's weights: they rank, or (with a learned rule) name the reason."""
+        return self.config.explain if isinstance(self.config, LearnedRule) else self.config
+
     def score(self, rows: np.ndarray) -> pl.DataFrame:
         """The top-k rows (customer_id, rank, product_id, score, reason) of customers `rows`."""
         ids = self.customer_ids[rows]
@@ -214,7 +226,7 @@ class WeeklyScorer:
             return np.where(self.known_to_model[safe], scores, -np.inf)
 
         pool = self.signals.pool(rows, model_top, model_score)
-        scores = blend_scores(pool, self.config)
+        scores = self.config.scores(pool)
         slots = best_positions(scores, self.k)
         chosen = np.take_along_axis(pool.positions, slots, axis=1)
         chosen_scores = np.take_along_axis(scores, slots, axis=1)
@@ -240,7 +252,7 @@ class WeeklyScorer:
         every product. Co-purchase counts as "similar to your purchases", the trend as
         "popular now".
         """
-        terms = contributions(pool, self.config)
+        terms = contributions(pool, self.weights)
         groups = {
             "model": ("model", "co_purchase") if self.trained else ("co_purchase",),
             "category": ("category",),
@@ -281,7 +293,7 @@ class WeeklyScorer:
         owned,
     ) -> None:
         """Fill the empty slots of a row with the week's best sellers it may be shown."""
-        popularity_term = self.config.popularity_weight * np.log1p(self.signals.popularity)
+        popularity_term = self.weights.popularity_weight * np.log1p(self.signals.popularity)
         for row in np.flatnonzero(short.any(axis=1)):
             taken = set(chosen[row, ~short[row]].tolist())
             if not self.config.allow_repeats:
@@ -304,7 +316,7 @@ def weekly_recommendations(
     frames: LakeFrames,
     trained: TrainedModel | None,
     week_start: date | datetime,
-    config: BlendConfig,
+    config: Rule,
     model_version: str,
     k: int = K,
     chunk_customers: int = CHUNK_CUSTOMERS,

@@ -90,6 +90,7 @@ def weekly_top5(
     """The 5 products each customer sees in this week's email, with name, price and picture."""
     from contoso_recs.recommender.blend import SHIPPED_BLENDS
     from contoso_recs.recommender.data import read_lake
+    from contoso_recs.recommender.learned import LearnedRule
     from contoso_recs.recommender.train import TrainedModel
     from contoso_recs.recommender.weekly import eligible_customers, weekly_recommendations
 
@@ -119,15 +120,22 @@ def weekly_top5(
     frames = read_lake(lake.root_uri, versions)
     trained = TrainedModel.load(model_store.version_dir(version), device="cpu") if version else None
     blend = SHIPPED_BLENDS[config.blend]
+    # with repeats allowed, the rule learned on the promoted model's holdout week ranks
+    learned = (
+        LearnedRule.load(model_store.version_dir(version), blend)
+        if version and blend.allow_repeats
+        else None
+    )
     context.log.info(
         f"scoring week {context.partition_key} with model {version or NO_MODEL} "
-        f"(blend {config.blend}, repeats allowed: {blend.allow_repeats}), lake {versions}"
+        f"(blend {config.blend}, repeats allowed: {blend.allow_repeats}, ranked by "
+        f"{'the learned rule' if learned else 'the shipped weights'}), lake {versions}"
     )
     table = weekly_recommendations(
         frames,
         trained,
         week,
-        blend,
+        learned or blend,
         version or NO_MODEL,
         k=K,
         chunk_customers=config.chunk_customers,
@@ -156,7 +164,14 @@ def weekly_top5(
             "reasons": dg.MetadataValue.json(reasons),
             "model_version": dg.MetadataValue.text(version or NO_MODEL),
             "model_cutoff": dg.MetadataValue.text(card.get("cutoff", "")),
-            "blend": dg.MetadataValue.json({"name": config.blend, **blend.to_json()}),
+            "blend": dg.MetadataValue.json(
+                {
+                    "name": config.blend,
+                    "ranked_by": "learned rule" if learned else "weights",
+                    **({"learned_on_customers": learned.customers} if learned else {}),
+                    **blend.to_json(),
+                }
+            ),
             "lake_versions": dg.MetadataValue.json(versions),
             "promotion": dg.MetadataValue.text(note or f"{version} is the latest candidate"),
         }
