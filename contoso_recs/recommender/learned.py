@@ -31,7 +31,9 @@ from contoso_recs.recommender.blend import (
     BlendConfig,
     Candidates,
     ValidationWeek,
+    blend_scores,
 )
+from contoso_recs.recommender.ranking import best_positions
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,11 @@ PARAMETERS = {
     "verbose": -1,
 }
 ROUNDS = 200
+# The rule reorders each customer's SHORTLIST best candidates by the weights (`explain`), in
+# training as in scoring. Predicting every candidate (about 400 a customer) would cost more than
+# the rest of the weekly scoring; on the validation weeks 50 scored as well as all of them
+# (NDCG@5 .3525 both, weights .3448) at a quarter of the time.
+SHORTLIST = 50
 # Fewer customers with a bought product among their candidates than this: no rule is fit and
 # the fixed weights rank (a small store's week says too little to learn from).
 MIN_CUSTOMERS = 100
@@ -117,14 +124,14 @@ class LearnedRule:
         return self.explain.repeat_half_life_days
 
     def scores(self, pool: Candidates) -> np.ndarray:
-        """The rule's score of every candidate slot; -inf where it may not be shown."""
-        x = features(pool)
-        if not x.size:
-            return np.full(pool.positions.shape, -np.inf)
-        predicted = self.booster.predict(x.reshape(-1, len(FEATURES))).reshape(pool.positions.shape)
-        if not self.allow_repeats:
-            predicted = np.where(pool.owned, -np.inf, predicted)
-        return np.where(pool.positions >= 0, predicted, -np.inf)
+        """The rule's score of every candidate slot on the shortlist; -inf elsewhere and where
+        the product may not be shown."""
+        rows, slots = shortlist(pool, self.explain)
+        out = np.full(pool.positions.shape, -np.inf)
+        if len(rows):
+            x = features(pool)[rows, slots]
+            out[rows, slots] = self.booster.predict(x)
+        return out
 
     def save(self, out_dir: str | Path) -> Path:
         path = Path(out_dir) / FILE
@@ -162,9 +169,8 @@ def fit(
     rows, labels, groups = [], [], []
     for pool, targets in weeks:
         relevant = ValidationWeek.of(pool, targets).relevant
-        allowed = pool.positions >= 0
-        if not explain.allow_repeats:
-            allowed &= ~pool.owned
+        allowed = np.zeros(pool.positions.shape, dtype=bool)
+        allowed[shortlist(pool, explain)] = True
         x = features(pool)
         for row in np.flatnonzero((relevant & allowed).any(axis=1)):
             keep = allowed[row]
@@ -188,6 +194,16 @@ def fit(
     booster = lgb.train(parameters, data, num_boost_round=ROUNDS)
     log.info("learned blend rule fit on %d customers", len(groups))
     return LearnedRule(booster, explain, len(groups))
+
+
+def shortlist(pool: Candidates, explain: BlendConfig) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, slots) of each customer's SHORTLIST best candidates by the weights, among those
+    that may be shown."""
+    weighted = blend_scores(pool, explain)
+    best = best_positions(weighted, min(SHORTLIST, weighted.shape[1]))
+    rows = np.broadcast_to(np.arange(len(best))[:, None], best.shape)
+    shown = np.isfinite(np.take_along_axis(weighted, best, axis=1))
+    return rows[shown], best[shown]
 
 
 def cross_fitted_scores(
