@@ -9,7 +9,8 @@ from contoso_recs.environment import local_resources
 from contoso_recs.main_job import demo
 from contoso_recs.model import assets, gate
 from contoso_recs.model.gate import gate_failures, not_promotable, promoted_figures
-from contoso_recs.recommender import evaluate
+from contoso_recs.recommender import evaluate, learned
+from contoso_recs.recommender.blend import SHIPPED_BLENDS
 from contoso_recs_tests.conftest import materialization
 
 
@@ -203,3 +204,29 @@ def test_new_evaluation_figures_void_the_earlier_gate_verdict(tiny_lake, instanc
     assert again.success
     assert store.card(version)["gate"] is None
     assert not_promotable(store.card(version), "another") == "the promotion gate has not checked it"
+
+
+def test_evaluation_fits_the_learned_rule_on_the_holdout_week_beside_the_model(
+    tiny_lake, instance, monkeypatch
+):
+    # 200 customers: fewer buy in the holdout week than a rule needs by default
+    monkeypatch.setattr(learned, "MIN_CUSTOMERS", 5)
+    monkeypatch.setattr(gate, "gate_failures", lambda candidate, promoted: [])
+    result = train_and_promote(tiny_lake, instance)
+    version = materialization(result, "model", "two_tower_candidate")["model_version"]
+    store = local_resources(tiny_lake)["model_store"]
+
+    fitted_on = materialization(result, "model", "evaluation")["learned_rule_customers"]
+    assert fitted_on >= 5
+    rule = learned.LearnedRule.load(store.version_dir(version), SHIPPED_BLENDS["A"])
+    assert rule.customers == fitted_on
+    assert store.current_version() == version
+
+    # evaluated again where the week says too little: no rule, and none left from before
+    monkeypatch.setattr(learned, "MIN_CUSTOMERS", 10**6)
+    again = dg.materialize(
+        [assets.evaluation], resources=local_resources(tiny_lake), instance=instance
+    )
+    assert again.success
+    assert materialization(again, "model", "evaluation")["learned_rule_customers"] == 0
+    assert learned.LearnedRule.load(store.version_dir(version), SHIPPED_BLENDS["A"]) is None

@@ -22,7 +22,7 @@ from contoso_recs.lake import keys
 from contoso_recs.main_job import demo
 from contoso_recs.model import gate
 from contoso_recs.model.assets import CANDIDATE, EVALUATION, PROMOTED
-from contoso_recs.recommender import evaluate
+from contoso_recs.recommender import evaluate, learned
 from contoso_recs.weekly_email.assets import TABLE, WEEKLY_TOP5, freshness_checks
 from contoso_recs_tests.conftest import materialization
 from contoso_recs_tests.test_model_stage import far_better_blend
@@ -116,9 +116,13 @@ def test_the_week_is_written_after_retraining_and_again_with_the_old_model_if_th
     assert metadata["model_version"] == "none"
     assert "no model has been promoted before" in metadata["promotion"]
 
-    # On 200 customers the gate's outcome is noise: let this first candidate through.
+    assert metadata["blend"]["ranked_by"] == "weights"
+
+    # On 200 customers the gate's outcome is noise: let this first candidate through, with a
+    # learned rule (fewer customers buy in its holdout week than a rule needs by default).
     with monkeypatch.context() as patched:
         patched.setattr(gate, "gate_failures", lambda candidate, promoted: [])
+        patched.setattr(learned, "MIN_CUSTOMERS", 5)
         retrained = retrain(definitions, instance, run_request(weekly_schedule(schedule_context)))
     assert retrained.success
     promoted = store.current_version()
@@ -138,6 +142,7 @@ def test_the_week_is_written_after_retraining_and_again_with_the_old_model_if_th
     }
     metadata = materialization(written, "lake", "weekly_top5")
     assert metadata["model_version"] == promoted
+    assert metadata["blend"]["ranked_by"] == "learned rule"
     assert metadata["customers"] * 5 == metadata["dagster/partition_row_count"]
     first = week_rows(tiny_lake)
     assert first["model_version"].unique().to_list() == [promoted]
