@@ -9,8 +9,11 @@ from contoso_recs.environment import local_resources
 from contoso_recs.main_job import demo
 from contoso_recs.model import assets, gate
 from contoso_recs.model.gate import gate_failures, not_promotable, promoted_figures
-from contoso_recs.recommender import evaluate, learned
+from contoso_recs.recommender import blend, evaluate, learned
 from contoso_recs.recommender.blend import SHIPPED_BLENDS
+from contoso_recs.recommender.data import as_cutoff, purchases, read_lake
+from contoso_recs.recommender.metrics import evaluate_task
+from contoso_recs.recommender.train import TrainedModel
 from contoso_recs_tests.conftest import materialization
 
 
@@ -216,11 +219,34 @@ def test_evaluation_fits_the_learned_rule_on_the_holdout_week_beside_the_model(
     version = materialization(result, "model", "two_tower_candidate")["model_version"]
     store = local_resources(tiny_lake)["model_store"]
 
-    fitted_on = materialization(result, "model", "evaluation")["learned_rule_customers"]
-    assert fitted_on >= 5
+    figures = materialization(result, "model", "evaluation")
+    assert figures["learned_rule_customers"] >= 5
     rule = learned.LearnedRule.load(store.version_dir(version), SHIPPED_BLENDS["A"])
-    assert rule.customers == fitted_on
+    assert rule.customers == figures["learned_rule_customers"]
     assert store.current_version() == version
+
+    # the task-A blend figures are those of rules cross-fitted on the week's customers, as the
+    # promoted model's are when a later candidate is held against it on its own week
+    card = store.card(version)
+    lake_root = local_resources(tiny_lake)["lake"].root_uri
+    frames = read_lake(lake_root, card["lake_versions"])
+    bought = purchases(frames)
+    week = evaluate.holdout(frames, bought, as_cutoff(card["cutoff"]))
+    trained = TrainedModel.load(store.version_dir(version))
+    _, pool = evaluate.model_pool(trained, frames, bought, week)
+    folds = learned.cross_fitted_scores(pool, week.targets("A"), SHIPPED_BLENDS["A"])
+    expected, _ = evaluate_task(
+        blend.recommend(pool, learned.CrossFitted(folds, SHIPPED_BLENDS["A"]), 10),
+        week.targets("A"),
+        week.bought_before,
+        week.segments,
+        len(week.index),
+    )
+    assert figures["A/blend/ndcg@5"] == pytest.approx(expected["ndcg@5"])
+    same_week = evaluate.evaluate_blends(
+        lake_root, store.version_dir(version), card["cutoff"], card["lake_versions"]
+    )
+    assert same_week["A"]["ndcg@5"] == pytest.approx(expected["ndcg@5"])
 
     # evaluated again where the week says too little: no rule, and none left from before
     monkeypatch.setattr(learned, "MIN_CUSTOMERS", 10**6)

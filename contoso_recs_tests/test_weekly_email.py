@@ -133,6 +133,13 @@ def test_the_week_is_written_after_retraining_and_again_with_the_old_model_if_th
         (WEEK, retrained.run_id)
     ]
     assert sensor_requests(definitions, instance, cursor)[0] == []
+    ranked_by_rule = []
+    rule_scores = learned.LearnedRule.scores
+    monkeypatch.setattr(
+        learned.LearnedRule,
+        "scores",
+        lambda rule, pool: ranked_by_rule.append(len(pool.customer_ids)) or rule_scores(rule, pool),
+    )
     written = write_week(definitions, instance, requests[0])
     assert written.success
     assert checks(written) == {
@@ -143,6 +150,7 @@ def test_the_week_is_written_after_retraining_and_again_with_the_old_model_if_th
     metadata = materialization(written, "lake", "weekly_top5")
     assert metadata["model_version"] == promoted
     assert metadata["blend"]["ranked_by"] == "learned rule"
+    assert sum(ranked_by_rule) == metadata["customers"]
     assert metadata["customers"] * 5 == metadata["dagster/partition_row_count"]
     first = week_rows(tiny_lake)
     assert first["model_version"].unique().to_list() == [promoted]

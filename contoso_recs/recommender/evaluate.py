@@ -173,7 +173,7 @@ def tuned_blends(
     return {"blend": tuned, "shipped_blend": shipped_rules(rule)}
 
 
-def shipped_rules(rule: learned.LearnedRule | None) -> dict[str, blend.Rule]:
+def shipped_rules(rule: blend.Rule | None) -> dict[str, blend.Rule]:
     """What ranks each task in the weekly table: task A the learned rule when there is one,
     the shipped weights otherwise."""
     return {"A": rule or blend.SHIPPED_BLENDS["A"], "B": blend.SHIPPED_BLENDS["B"]}
@@ -269,29 +269,37 @@ def evaluate_bundle(
     versions: dict[str, int] | None = None,
 ) -> dict:
     """Evaluate a saved model bundle on the week from `cutoff`, reading pinned lake versions,
-    and fit its learned blend rule on that week (saved in `bundle_dir`).
+    and fit its learned blend rule on that week (saved in `bundle_dir`, last).
 
     The week is one the model never saw, so the rule learns how its signals predict unseen
-    purchases. The `blend` figures of task A are cross-fitted: each customer ranked by a rule
-    fit on the week's other customers, never on their own purchases.
+    purchases. The `blend` figures of task A are cross-fitted (`shipped_on_week`): each
+    customer ranked by a rule fit on the week's other customers, never on their own purchases.
+    A week too small to cross-fit gets no rule (an earlier one is removed), and the weights'
+    figures.
     """
     frames = read_lake(lake_root, versions)
     bought = purchases(frames)
     test = holdout(frames, bought, as_cutoff(cutoff))
     scores, pool = model_pool(TrainedModel.load(bundle_dir), frames, bought, test)
-    explain = blend.SHIPPED_BLENDS["A"]
-    rule = learned.fit([(pool, test.targets("A"))], explain)
-    rule_path = Path(bundle_dir) / learned.FILE
+    shipped = shipped_on_week(pool, test)
+    result = evaluate_pool(bought, test, scores, pool, {"blend": shipped})
+    rule = None
+    if isinstance(shipped["A"], learned.CrossFitted):
+        rule = learned.fit([(pool, test.targets("A"))], blend.SHIPPED_BLENDS["A"])
     if rule is None:
-        rule_path.unlink(missing_ok=True)
-        shipped = shipped_rules(None)
+        (Path(bundle_dir) / learned.FILE).unlink(missing_ok=True)
     else:
         rule.save(bundle_dir)
-        folds = learned.cross_fitted_scores(pool, test.targets("A"), explain)
-        shipped = shipped_rules(None if folds is None else learned.CrossFitted(folds, explain))
-    result = evaluate_pool(bought, test, scores, pool, {"blend": shipped})
     result["learned_rule_customers"] = rule.customers if rule else 0
     return result
+
+
+def shipped_on_week(pool: blend.Candidates, test: Holdout) -> dict[str, blend.Rule]:
+    """The shipped rules as a model is judged on a week: task A by rules cross-fitted on the
+    week's customers (the weights when the week is too small), task B by its weights."""
+    explain = blend.SHIPPED_BLENDS["A"]
+    folds = learned.cross_fitted_scores(pool, test.targets("A"), explain)
+    return shipped_rules(None if folds is None else learned.CrossFitted(folds, explain))
 
 
 def evaluate_blends(
@@ -300,14 +308,15 @@ def evaluate_blends(
     cutoff: str | date | datetime,
     versions: dict[str, int] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """The shipped rules' overall metrics per task for a saved model (with the learned rule
-    saved beside it) on the week from `cutoff`: how an already promoted model does on a
-    candidate's holdout, for a like-for-like gate."""
+    """The shipped rules' overall metrics per task for a saved model on the week from `cutoff`,
+    judged as a candidate is (`shipped_on_week`): how an already promoted model does on a
+    candidate's holdout, for a like-for-like gate. Its saved rule is not used: it may have
+    been fit on this very week."""
     frames = read_lake(lake_root, versions)
     bought = purchases(frames)
     test = holdout(frames, bought, as_cutoff(cutoff))
     _, pool = model_pool(TrainedModel.load(bundle_dir), frames, bought, test)
-    rules = shipped_rules(learned.LearnedRule.load(bundle_dir, blend.SHIPPED_BLENDS["A"]))
+    rules = shipped_on_week(pool, test)
     return {
         task: evaluate_task(
             blend.recommend(pool, rules[task], LIST_LENGTH),

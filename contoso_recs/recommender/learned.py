@@ -147,17 +147,21 @@ class LearnedRule:
     @classmethod
     def load(cls, bundle_dir: str | Path, explain: BlendConfig) -> "LearnedRule | None":
         """The rule saved beside a model, or None when the model has none (older models, or a
-        week too small to learn from)."""
+        week too small to learn from) or one over other signals than this version's."""
         path = Path(bundle_dir) / FILE
         if not path.exists():
             return None
         header, text = path.read_text().split("\n", 1)
         booster = lgb.Booster(model_str=text)
         if booster.feature_name() != list(FEATURES):
-            raise ValueError(
-                f"{path} ranks by {booster.feature_name()}, not by this version's {FEATURES}: "
-                "evaluate the model again to refit its rule"
+            log.warning(
+                "%s ranks by %s, not by this version's signals %s: the weights rank instead "
+                "until the model is evaluated again",
+                path,
+                booster.feature_name(),
+                list(FEATURES),
             )
+            return None
         return cls(booster, explain, int(header.removeprefix("# customers ")))
 
 
