@@ -103,6 +103,7 @@ bench: setup serving-setup
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.batch_scoring
 	$(PY) -m benchmarks.weekly_table
+	$(PY) -m benchmarks.learned_rule
 	$(PY) -m benchmarks.training
 	$(PY) -m benchmarks.serving_load
 
