@@ -11,11 +11,9 @@ from contoso_recs.recommender.data import (
     LakeFrames,
     before,
     catalogue,
-    customer_features,
     customer_segments,
     decayed_history,
     history_events,
-    holdout_targets,
     purchases,
     read_lake,
     temporal_split,
@@ -121,19 +119,6 @@ def test_temporal_split_tests_on_the_7_days_from_the_cutoff():
     split = temporal_split(purchases(tiny_lake()), CUTOFF)
     assert split.train["order_id"].to_list() == [1]
     assert sorted(split.test["order_id"].to_list()) == [2, 3, 4]
-
-
-def test_holdout_targets_mark_products_new_to_the_customer():
-    split = temporal_split(purchases(tiny_lake()), CUTOFF)
-    targets = holdout_targets(split).sort("customer_id", "product_id")
-    assert targets.rows() == [(1, 200, True), (1, 300, True), (2, 100, True)]
-
-
-def test_customer_features_ignore_the_order_placed_at_the_cutoff():
-    features = customer_features(tiny_lake(), CUTOFF).sort("customer_id")
-    assert features.select("customer_id", "orders_before", "days_since_last_order").rows() == [
-        (1, 1, 3.0)
-    ]
 
 
 def test_decayed_history_halves_an_order_per_half_life_and_ignores_the_cutoff():

@@ -252,27 +252,6 @@ def customer_segments(
     )
 
 
-def customer_features(frames: LakeFrames, cutoff: datetime) -> pl.DataFrame:
-    """Profile and purchase summary of every customer known before the cutoff.
-
-    Profiles created at or after the cutoff are left out; order counts and recency use only
-    orders before it.
-    """
-    bought = before(purchases(frames), cutoff)
-    activity = bought.group_by("customer_id").agg(
-        pl.col("order_id").n_unique().alias("orders_before"),
-        ((pl.lit(cutoff) - pl.col("at").max()).dt.total_seconds() / 86_400.0).alias(
-            "days_since_last_order"
-        ),
-    )
-    profiles = before(frames.customers, cutoff, "created_at").select(
-        "customer_id", "age_band", "income_band", "household_size"
-    )
-    return activity.join(profiles, on="customer_id", how="full", coalesce=True).with_columns(
-        pl.col("orders_before").fill_null(0)
-    )
-
-
 def catalogue(frames: LakeFrames, cutoff: datetime, current: bool = False) -> pl.DataFrame:
     """Products on sale at the cutoff: introduced before it (or undated) and not discontinued
     before it.
@@ -298,17 +277,3 @@ def product_popularity(bought: pl.DataFrame, cutoff: datetime, days: int) -> pl.
         (pl.col("at") < cutoff) & (pl.col("at") >= cutoff - timedelta(days=days))
     )
     return window.group_by("product_id").agg(pl.col("customer_id").n_unique().alias("customers"))
-
-
-def holdout_targets(split: TemporalSplit) -> pl.DataFrame:
-    """Per test customer, the distinct products bought in the test week, and which are new.
-
-    Columns: customer_id, product_id, new (not bought by that customer before the cutoff).
-    """
-    bought_before = split.train.select("customer_id", "product_id").unique()
-    targets = split.test.select("customer_id", "product_id").unique()
-    return targets.join(
-        bought_before.with_columns(pl.lit(False).alias("new")),
-        on=["customer_id", "product_id"],
-        how="left",
-    ).with_columns(pl.col("new").fill_null(True))
