@@ -2,6 +2,7 @@
 never reach the figures it is judged by, it round-trips through the model folder, and the weekly
 table ranks by it."""
 
+import hashlib
 from dataclasses import replace
 from datetime import timedelta
 
@@ -117,6 +118,32 @@ def test_the_rule_round_trips_through_the_model_folder(tmp_path):
     loaded = learned.LearnedRule.load(tmp_path, SHIPPED_BLENDS["A"])
     assert loaded.customers == rule.customers
     np.testing.assert_array_equal(loaded.scores(pool), rule.scores(pool))
+
+
+def test_a_damaged_or_foreign_rule_file_is_refused_with_its_path(tmp_path):
+    pool = pool_of(300, seed=5)
+    rule = learned.fit([(pool, due_buyers(pool))], SHIPPED_BLENDS["A"], threads=1)
+    path = rule.save(tmp_path)
+    text = path.read_text()
+
+    path.write_text(text[: len(text) // 3])  # cut short, as by a full disk
+    with pytest.raises(learned.UnusableRule, match="is not a readable blend rule"):
+        learned.LearnedRule.load(tmp_path, SHIPPED_BLENDS["A"])
+
+    header, _, model = text.partition("\n")
+    path.write_text(header[: -len("0123")] + "0123\n" + model)  # no longer the model's digest
+    with pytest.raises(learned.UnusableRule, match="is not a readable blend rule"):
+        learned.LearnedRule.load(tmp_path, SHIPPED_BLENDS["A"])
+
+    # a whole rule written by a version that ranked by other signals
+    foreign = model.replace("feature_names=model ", "feature_names=cosine ")
+    customers = header.removeprefix(learned.HEADER).split()[0]
+    path.write_text(
+        f"{learned.HEADER} {customers} sha256 {hashlib.sha256(foreign.encode()).hexdigest()}\n"
+        + foreign
+    )
+    with pytest.raises(learned.UnusableRule, match="not by this version's signals"):
+        learned.LearnedRule.load(tmp_path, SHIPPED_BLENDS["A"])
 
 
 @pytest.fixture(scope="module")

@@ -161,6 +161,15 @@ def test_the_week_is_written_after_retraining_and_again_with_the_old_model_if_th
         week_rows(tiny_lake).sort("customer_id", "rank").equals(first.sort("customer_id", "rank"))
     )
 
+    # A damaged rule file: the week is still written, ranked by the weights, and the log says so.
+    rule_file = store.version_dir(promoted) / learned.FILE
+    rule_file.write_text(rule_file.read_text()[:1000])
+    damaged = write_week(definitions, instance, requests[0])
+    assert damaged.success
+    assert materialization(damaged, "lake", "weekly_top5")["blend"]["ranked_by"] == "weights"
+    messages = [entry.user_message for entry in instance.all_logs(damaged.run_id)]
+    assert any("is not a readable blend rule" in message for message in messages)
+
     # A bar no candidate can clear: the next retraining fails the gate, the week is still written.
     monkeypatch.setattr(evaluate, "evaluate_blends", far_better_blend)
     failed = retrain(definitions, instance, run_request(weekly_schedule(schedule_context)))

@@ -22,6 +22,7 @@ Fitting takes seconds (a week of 1,400 customers × 50 candidates) and needs no 
 so the weekly retrain refits it at every run on the candidate model's holdout week.
 """
 
+import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -84,6 +85,7 @@ SHORTLIST = 50
 MIN_CUSTOMERS = 100
 FOLDS = 2
 FILE = "blend_rule_A.txt"
+HEADER = "# contoso_recs blend rule, customers"
 
 
 def features(pool: Candidates) -> np.ndarray:
@@ -138,33 +140,47 @@ class LearnedRule:
         return out
 
     def save(self, out_dir: str | Path) -> Path:
+        """Write the rule beside a model: a header line with the customers it was fit on and
+        the SHA-256 of the LightGBM model text, then that text; atomically (a rename)."""
         path = Path(out_dir) / FILE
         text = self.booster.model_to_string()
-        header = f"# customers {self.customers}\n"
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(header + text)
+        tmp.write_text(f"{HEADER} {self.customers} sha256 {_digest(text)}\n{text}")
         tmp.replace(path)
         return path
 
     @classmethod
     def load(cls, bundle_dir: str | Path, explain: BlendConfig) -> "LearnedRule | None":
         """The rule saved beside a model, or None when the model has none (older models, or a
-        week too small to learn from) or one over other signals than this version's."""
+        week too small to learn from). UnusableRule when the file cannot rank this version's
+        signals (damaged, or written by a version with other signals)."""
         path = Path(bundle_dir) / FILE
         if not path.exists():
             return None
-        header, text = path.read_text().split("\n", 1)
-        booster = lgb.Booster(model_str=text)
+        # LightGBM aborts the whole process on a damaged model text: check it is whole first
+        header, _, text = path.read_text().partition("\n")
+        fields = header.removeprefix(HEADER).split()
+        if len(fields) != 3 or not fields[0].isdigit() or fields[2] != _digest(text):
+            raise UnusableRule(f"{path} is not a readable blend rule (damaged or cut short)")
+        customers = int(fields[0])
+        try:
+            booster = lgb.Booster(model_str=text)
+        except lgb.basic.LightGBMError as error:
+            raise UnusableRule(f"{path} is not a readable blend rule ({error})") from error
         if booster.feature_name() != list(FEATURES):
-            log.warning(
-                "%s ranks by %s, not by this version's signals %s: the weights rank instead "
-                "until the model is evaluated again",
-                path,
-                booster.feature_name(),
-                list(FEATURES),
+            raise UnusableRule(
+                f"{path} ranks by {booster.feature_name()}, not by this version's signals "
+                f"{list(FEATURES)}"
             )
-            return None
-        return cls(booster, explain, int(header.removeprefix("# customers ")))
+        return cls(booster, explain, customers)
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class UnusableRule(ValueError):
+    """A saved rule that cannot rank: evaluating the model again refits it."""
 
 
 def fit(

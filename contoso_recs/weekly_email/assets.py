@@ -90,7 +90,7 @@ def weekly_top5(
     """The 5 products each customer sees in this week's email, with name, price and picture."""
     from contoso_recs.recommender.blend import SHIPPED_BLENDS
     from contoso_recs.recommender.data import read_lake
-    from contoso_recs.recommender.learned import LearnedRule
+    from contoso_recs.recommender.learned import LearnedRule, UnusableRule
     from contoso_recs.recommender.train import TrainedModel
     from contoso_recs.recommender.weekly import eligible_customers, weekly_recommendations
 
@@ -121,11 +121,15 @@ def weekly_top5(
     trained = TrainedModel.load(model_store.version_dir(version), device="cpu") if version else None
     blend = SHIPPED_BLENDS[config.blend]
     # with repeats allowed, the rule learned on the promoted model's holdout week ranks
-    learned = (
-        LearnedRule.load(model_store.version_dir(version), blend)
-        if version and blend.allow_repeats
-        else None
-    )
+    learned = None
+    if version and blend.allow_repeats:
+        try:
+            learned = LearnedRule.load(model_store.version_dir(version), blend)
+        except UnusableRule as error:
+            context.log.warning(
+                f"{error}: this week's table is ranked by the shipped weights (evaluating "
+                f"model {version} again refits its rule)"
+            )
     context.log.info(
         f"scoring week {context.partition_key} with model {version or NO_MODEL} "
         f"(blend {config.blend}, repeats allowed: {blend.allow_repeats}, ranked by "
