@@ -105,8 +105,8 @@ def test_cross_fitted_scores_never_see_the_customers_own_purchases():
     np.testing.assert_array_equal(scores[rows], again[rows])
     assert not np.array_equal(scores[~rows], again[~rows])
 
-    fold_one = learned.fit([(learned._rows(pool, ~rows), targets)], explain, threads=1)
-    np.testing.assert_allclose(scores[rows], fold_one.scores(learned._rows(pool, rows)))
+    fold_one = learned.fit([(pool.customers_where(~rows), targets)], explain, threads=1)
+    np.testing.assert_allclose(scores[rows], fold_one.scores(pool.customers_where(rows)))
 
 
 def test_the_rule_round_trips_through_the_model_folder(tmp_path):

@@ -169,6 +169,20 @@ class Candidates:
     owned: np.ndarray
     features: dict[str, np.ndarray] = field(default_factory=dict)
 
+    def customers_where(self, mask: np.ndarray) -> "Candidates":
+        """The candidates of the customers (rows) where `mask` holds."""
+        return Candidates(
+            customer_ids=self.customer_ids[mask],
+            index=self.index,
+            positions=self.positions[mask],
+            model=self.model[mask],
+            popularity=self.popularity[mask],
+            repeat={h: v[mask] for h, v in self.repeat.items()},
+            category=self.category[mask],
+            owned=self.owned[mask],
+            features={name: v[mask] for name, v in self.features.items()},
+        )
+
 
 def two_tower_scores(
     trained: TrainedModel,

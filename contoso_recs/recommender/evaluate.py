@@ -258,7 +258,11 @@ def describe(rule: blend.Rule) -> dict:
     if isinstance(rule, learned.LearnedRule):
         return {"learned": True, "customers": rule.customers, "allow_repeats": rule.allow_repeats}
     if isinstance(rule, learned.CrossFitted):
-        return {"learned": True, "cross_fitted_folds": learned.FOLDS, "allow_repeats": True}
+        return {
+            "learned": True,
+            "cross_fitted_folds": learned.FOLDS,
+            "allow_repeats": rule.allow_repeats,
+        }
     return rule.to_json()
 
 
@@ -277,10 +281,7 @@ def evaluate_bundle(
     A week too small to cross-fit gets no rule (an earlier one is removed), and the weights'
     figures.
     """
-    frames = read_lake(lake_root, versions)
-    bought = purchases(frames)
-    test = holdout(frames, bought, as_cutoff(cutoff))
-    scores, pool = model_pool(TrainedModel.load(bundle_dir), frames, bought, test)
+    bought, test, scores, pool = saved_model_week(lake_root, bundle_dir, cutoff, versions)
     shipped = shipped_on_week(pool, test)
     result = evaluate_pool(bought, test, scores, pool, {"blend": shipped})
     rule = None
@@ -292,6 +293,21 @@ def evaluate_bundle(
         rule.save(bundle_dir)
     result["learned_rule_customers"] = rule.customers if rule else 0
     return result
+
+
+def saved_model_week(
+    lake_root: str,
+    bundle_dir: str | Path,
+    cutoff: str | date | datetime,
+    versions: dict[str, int] | None,
+) -> tuple[pl.DataFrame, Holdout, np.ndarray, blend.Candidates]:
+    """Purchases, the holdout of the week from `cutoff`, and a saved model's two-tower scores
+    and candidates for it, from pinned lake versions."""
+    frames = read_lake(lake_root, versions)
+    bought = purchases(frames)
+    test = holdout(frames, bought, as_cutoff(cutoff))
+    scores, pool = model_pool(TrainedModel.load(bundle_dir), frames, bought, test)
+    return bought, test, scores, pool
 
 
 def shipped_on_week(pool: blend.Candidates, test: Holdout) -> dict[str, blend.Rule]:
@@ -312,10 +328,7 @@ def evaluate_blends(
     judged as a candidate is (`shipped_on_week`): how an already promoted model does on a
     candidate's holdout, for a like-for-like gate. Its saved rule is not used: it may have
     been fit on this very week."""
-    frames = read_lake(lake_root, versions)
-    bought = purchases(frames)
-    test = holdout(frames, bought, as_cutoff(cutoff))
-    _, pool = model_pool(TrainedModel.load(bundle_dir), frames, bought, test)
+    _, test, _, pool = saved_model_week(lake_root, bundle_dir, cutoff, versions)
     rules = shipped_on_week(pool, test)
     return {
         task: evaluate_task(

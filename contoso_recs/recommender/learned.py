@@ -105,8 +105,10 @@ def features(pool: Candidates) -> np.ndarray:
         "category": pool.category,
         "owned": pool.owned,
         **{f"repeat_{int(h)}": pool.repeat[h] for h in HALF_LIVES},
-        **{name: pool.features[name] for name in ("co_purchase", "trend", "frequency", "due")},
-        "repeat_rate": pool.features["repeat_rate"],
+        **{
+            name: pool.features[name]
+            for name in ("co_purchase", "trend", "frequency", "due", "repeat_rate")
+        },
         "owned_in_pool": np.broadcast_to(owned_in_pool, pool.positions.shape),
     }
     return np.stack([np.asarray(columns[name], dtype=np.float32) for name in FEATURES], axis=-1)
@@ -242,27 +244,12 @@ def cross_fitted_scores(
     fold = pool.customer_ids % FOLDS
     scores = np.full(pool.positions.shape, -np.inf)
     for held_out in range(FOLDS):
-        rule = fit([(_rows(pool, fold != held_out), targets)], explain, threads)
+        rule = fit([(pool.customers_where(fold != held_out), targets)], explain, threads)
         if rule is None:
             return None
         rows = np.flatnonzero(fold == held_out)
-        scores[rows] = rule.scores(_rows(pool, fold == held_out))
+        scores[rows] = rule.scores(pool.customers_where(fold == held_out))
     return scores
-
-
-def _rows(pool: Candidates, mask: np.ndarray) -> Candidates:
-    """The pool of the customers where `mask` holds."""
-    return Candidates(
-        customer_ids=pool.customer_ids[mask],
-        index=pool.index,
-        positions=pool.positions[mask],
-        model=pool.model[mask],
-        popularity=pool.popularity[mask],
-        repeat={h: v[mask] for h, v in pool.repeat.items()},
-        category=pool.category[mask],
-        owned=pool.owned[mask],
-        features={name: v[mask] for name, v in pool.features.items()},
-    )
 
 
 @dataclass(frozen=True)
