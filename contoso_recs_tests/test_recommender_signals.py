@@ -1,6 +1,7 @@
 """The blend's further signals: co-purchases, repeat habits, tuning over several weeks."""
 
 import math
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -11,6 +12,7 @@ import scipy.sparse as sp
 from contoso_recs.recommender import baselines
 from contoso_recs.recommender.blend import (
     BlendConfig,
+    Signals,
     ValidationWeek,
     candidates,
     co_purchase_scores,
@@ -144,3 +146,69 @@ def test_tuning_over_two_weeks_finds_the_signal_both_weeks_share():
     assert config.co_purchase_weight > 0.8
     assert value == 1.0
     assert recommend(pool, config, 1) == {1: [2], 2: [2]}
+
+
+def shared_tastes() -> pl.DataFrame:
+    """Ten customers buy products 10 and 20 together; customer 1 buys 10 alone; twelve others
+    buy 30, the store's best seller; product 40 nobody buys."""
+    rows = [(c, c, p, 5) for c in range(10, 20) for p in (10, 20)]
+    rows += [(1, 1, 10, 5)] + [(c, c, 30, 5) for c in range(20, 32)]
+    return purchases_of(rows)
+
+
+def test_als_preference_in_the_pool_is_the_dot_product_of_the_fitted_factors():
+    bought = shared_tastes()
+    customers = np.array([1, 10, 20])
+    scores = np.zeros((3, len(PRODUCTS)), dtype=np.float32)
+    pool = candidates(scores, bought, CUTOFF, customers, PRODUCTS)
+    factors = baselines.fit_als(bought, CUTOFF, customers, PRODUCTS)
+
+    preference = pool.features["als"]
+    for row in range(len(customers)):
+        for slot, position in enumerate(pool.positions[row]):
+            if position < 0 or position == PRODUCTS.positions(np.array([40]))[0]:
+                assert preference[row, slot] == 0.0  # padding; a product nobody bought
+            else:
+                expected = factors.customers[row] @ factors.products[position]
+                assert preference[row, slot] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+
+
+def test_als_reads_nothing_from_the_cutoff_on():
+    bought = shared_tastes()
+    later = pl.concat([bought, purchases_of([(1, 99, 30, 0), (1, 99, 40, -3)])])
+    customers = np.array([1, 10])
+
+    before_only = baselines.fit_als(bought, CUTOFF, customers, PRODUCTS)
+    with_later = baselines.fit_als(later, CUTOFF, customers, PRODUCTS)
+
+    np.testing.assert_array_equal(with_later.customers, before_only.customers)
+    np.testing.assert_array_equal(with_later.products, before_only.products)
+    assert with_later.sold.tolist() == [True, True, True, False]
+
+
+def test_als_weight_lifts_what_customers_who_shop_alike_buy():
+    # customer 1 shares the taste for 10 with the customers who also buy 20, so ALS puts 20
+    # first for them even though more customers buy 30; popularity alone puts 30 first
+    bought = shared_tastes()
+    scores = np.zeros((1, len(PRODUCTS)), dtype=np.float32)
+    pool = candidates(scores, bought, CUTOFF, np.array([1]), PRODUCTS)
+
+    by_popularity = BlendConfig(allow_repeats=False, model_weight=0.0, popularity_weight=0.01)
+    with_als = replace(by_popularity, als_weight=1.0)
+    assert recommend(pool, by_popularity, 1) == {1: [30]}
+    assert recommend(pool, with_als, 1) == {1: [20]}
+
+
+def test_a_rule_weighing_a_signal_the_pool_was_built_without_is_an_error():
+    bought = shared_tastes()
+    customers = np.array([1])
+    signals = Signals.of(bought, CUTOFF, customers, PRODUCTS, als=False)
+    pool = signals.pool(
+        np.array([0]),
+        np.full((1, 0), -1, dtype=np.int64),
+        lambda positions: np.zeros(positions.shape, dtype=np.float32),
+    )
+
+    assert "als" not in pool.features
+    with pytest.raises(ValueError, match="'als'"):
+        BlendConfig(allow_repeats=False, als_weight=0.15).scores(pool)

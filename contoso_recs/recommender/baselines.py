@@ -5,6 +5,7 @@ products, 1 = already bought) those products are never shown, which is task B.
 """
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime
 
 import numpy as np
@@ -157,21 +158,31 @@ def co_purchase_scorer(
     return score
 
 
-def als(
+@dataclass(frozen=True)
+class AlsFactors:
+    """Implicit-feedback ALS factors: `customers` in the order of the ids asked for, `products`
+    in catalogue order; a customer's preference for a product is their dot product. `sold`
+    marks the products somebody bought before the cutoff (the others carry no preference)."""
+
+    customers: np.ndarray
+    products: np.ndarray
+    sold: np.ndarray
+
+
+def fit_als(
     bought: pl.DataFrame,
     cutoff: datetime,
     customer_ids: np.ndarray,
     index: ProductIndex,
-    k: int,
-    exclude: sp.csr_matrix | None = None,
     seed: int = 7,
     factors: int = ALS_FACTORS,
     regularization: float = ALS_REGULARIZATION,
     iterations: int = ALS_ITERATIONS,
     alpha: float = ALS_ALPHA,
     weighting: str = ALS_WEIGHTING,
-) -> dict[int, list[int]]:
-    """Implicit-feedback ALS (the `implicit` library) on orders per customer and product.
+) -> AlsFactors:
+    """Implicit-feedback ALS (the `implicit` library) on orders per customer and product before
+    the cutoff, fit on every customer who ordered then and those asked for.
 
     Confidence per customer and product: with `weighting="log"`, 1 + alpha * log(1 + orders);
     with "bm25", alpha * the BM25 weight of the order counts (implicit's `bm25_weight`, which
@@ -203,15 +214,29 @@ def als(
             random_state=seed,
         )
         model.fit(matrix, show_progress=False)
-    rows_of = np.searchsorted(everyone, customer_ids)
-    users = np.asarray(model.user_factors)[rows_of]
-    items = np.asarray(model.item_factors)
-    sold = np.asarray((matrix > 0).sum(axis=0)).ravel() > 0
     log.info("ALS fitted: %d customers x %d products", *matrix.shape)
+    return AlsFactors(
+        customers=np.asarray(model.user_factors)[np.searchsorted(everyone, customer_ids)],
+        products=np.asarray(model.item_factors),
+        sold=np.asarray((matrix > 0).sum(axis=0)).ravel() > 0,
+    )
+
+
+def als(
+    bought: pl.DataFrame,
+    cutoff: datetime,
+    customer_ids: np.ndarray,
+    index: ProductIndex,
+    k: int,
+    exclude: sp.csr_matrix | None = None,
+    **parameters,
+) -> dict[int, list[int]]:
+    """Top-k by ALS preference (`fit_als`, whose parameters may be passed)."""
+    factors = fit_als(bought, cutoff, customer_ids, index, **parameters)
 
     def score(rows: np.ndarray) -> np.ndarray:
-        scores = users[rows] @ items.T
-        scores[:, ~sold] = -np.inf
+        scores = factors.customers[rows] @ factors.products.T
+        scores[:, ~factors.sold] = -np.inf
         return scores
 
     return top_k_lists(score, customer_ids, index, k, exclude)

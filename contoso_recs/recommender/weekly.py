@@ -20,8 +20,9 @@ team's rules:
   the two-tower model and from popularity, marked by the reason code.
 
 Reason codes say which part of the score carried the product: `bought_before`,
-`similar_to_your_purchases`, `popular_with_customers_like_you` (no purchase history: from the
-profile), `popular_in_your_categories` and `popular_now`.
+`similar_to_your_purchases`, `popular_with_customers_like_you` (what customers who shop like
+them buy, by ALS preference; without a purchase history, from the profile through the model),
+`popular_in_your_categories` and `popular_now`.
 """
 
 import logging
@@ -49,7 +50,7 @@ from contoso_recs.recommender.data import (
 )
 from contoso_recs.recommender.encoding import HISTORY_DAYS, product_positions
 from contoso_recs.recommender.evaluate import category_codes
-from contoso_recs.recommender.learned import HALF_LIVES, LearnedRule
+from contoso_recs.recommender.learned import FEATURES, HALF_LIVES, LearnedRule
 from contoso_recs.recommender.ranking import ProductIndex, best_positions
 from contoso_recs.recommender.train import TrainedModel
 
@@ -156,6 +157,9 @@ class WeeklyScorer:
         half_lives = (config.repeat_half_life_days,)
         if isinstance(config, LearnedRule):
             half_lives = tuple(sorted({*half_lives, *HALF_LIVES}))
+            uses_als = "als" in FEATURES
+        else:
+            uses_als = config.als_weight > 0
         signals = Signals.of(
             bought,
             as_of,
@@ -163,6 +167,7 @@ class WeeklyScorer:
             index,
             category_codes(products),
             half_lives,
+            als=uses_als,
         )
         log.info(
             "weekly scoring as of %s: %d customers, %d products on sale (%d known to the model)",
@@ -250,13 +255,14 @@ class WeeklyScorer:
         A term's lift is its value for the product minus its median over the customer's
         candidates, so a term that is large for every candidate (popularity) does not claim
         every product. Co-purchase counts as "similar to your purchases", the trend as
-        "popular now".
+        "popular now", ALS preference as "popular with customers like you".
         """
         terms = contributions(pool, self.weights)
         groups = {
             "model": ("model", "co_purchase") if self.trained else ("co_purchase",),
             "category": ("category",),
             "popularity": ("popularity", "trend"),
+            "like_you": ("als",),
         }
         lifts = []
         for names in groups.values():
@@ -279,6 +285,7 @@ class WeeklyScorer:
                 from_model,
                 np.full(slots.shape, REASONS.index(IN_YOUR_CATEGORIES)),
                 np.full(slots.shape, REASONS.index(POPULAR_NOW)),
+                np.full(slots.shape, REASONS.index(LIKE_YOU)),
             ],
         )
         owned = np.take_along_axis(pool.owned, slots, axis=1)
