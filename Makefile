@@ -104,6 +104,7 @@ bench: setup serving-setup
 	$(PY) -m benchmarks.batch_scoring
 	$(PY) -m benchmarks.weekly_table
 	$(PY) -m benchmarks.learned_rule
+	$(PY) -m benchmarks.als_signal
 	$(PY) -m benchmarks.training
 	$(PY) -m benchmarks.serving_load
 
