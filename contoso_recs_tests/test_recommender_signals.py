@@ -173,6 +173,21 @@ def test_als_preference_in_the_pool_is_the_dot_product_of_the_fitted_factors():
                 assert preference[row, slot] == pytest.approx(expected, rel=1e-4, abs=1e-6)
 
 
+def test_als_favourites_follow_each_customers_own_orders_whatever_customers_are_asked_for():
+    bought = shared_tastes()
+    asked = np.array([25, 999, 1, 12])  # not sorted; 999 has no order
+    factors = baselines.fit_als(bought, CUTOFF, asked, PRODUCTS)
+    preference = factors.customers @ factors.products.T  # columns: products 10, 20, 30, 40
+
+    assert preference[0, 2] > preference[0, 1]  # 25 buys 30
+    assert preference[3, 1] > preference[3, 2]  # 12 buys 10 and 20
+    assert preference[2, 1] > preference[2, 2]  # 1 buys 10, as the customers who buy 20 do
+    assert not factors.customers[1].any()  # no order, no preference
+    alone = baselines.fit_als(bought, CUTOFF, np.array([1]), PRODUCTS)
+    np.testing.assert_array_equal(alone.customers[0], factors.customers[2])
+    np.testing.assert_array_equal(alone.products, factors.products)
+
+
 def test_als_reads_nothing_from_the_cutoff_on():
     bought = shared_tastes()
     later = pl.concat([bought, purchases_of([(1, 99, 30, 0), (1, 99, 40, -3)])])

@@ -14,6 +14,7 @@ from contoso_recs.recommender.weekly import (
     LIKE_YOU,
     POPULAR_NOW,
     REASONS,
+    WeeklyScorer,
     eligible_customers,
     weekly_recommendations,
 )
@@ -238,3 +239,24 @@ def test_product_views_before_the_week_steer_a_customer_without_orders(lake, tra
         return len(set(rows["product_id"]) & bakery)
 
     assert bakery_shown(lake) < bakery_shown(replace(lake, product_views=views)) == 5
+
+
+def test_als_factors_are_fit_only_for_a_rule_that_weighs_them(lake, trained):
+    assert SHIPPED_BLENDS["A"].als_weight == 0 and SHIPPED_BLENDS["B"].als_weight > 0
+    for task, fitted in (("A", False), ("B", True)):
+        scorer = WeeklyScorer.prepare(lake, trained, WEEK, SHIPPED_BLENDS[task])
+        assert (scorer.signals.als is not None) is fitted, task
+
+
+def test_a_product_carried_by_als_preference_reads_popular_with_customers_like_you(lake, trained):
+    by_als = BlendConfig(allow_repeats=False, repeat_weight=0.0, model_weight=0.0, als_weight=1.0)
+    rows = table(lake, trained, by_als)
+
+    with_orders = rows.join(
+        bought_before_week(lake).select("customer_id").unique(), on="customer_id"
+    )
+    # each customer's first product has the highest ALS preference of their candidates, so the
+    # ALS term lifts it most (a product below their typical preference is lifted by nothing)
+    first = with_orders.filter(pl.col("rank") == 1)
+    assert first.height > 10
+    assert set(first["reason"]) == {LIKE_YOU}

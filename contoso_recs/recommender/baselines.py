@@ -160,9 +160,10 @@ def co_purchase_scorer(
 
 @dataclass(frozen=True)
 class AlsFactors:
-    """Implicit-feedback ALS factors: `customers` in the order of the ids asked for, `products`
-    in catalogue order; a customer's preference for a product is their dot product. `sold`
-    marks the products somebody bought before the cutoff (the others carry no preference)."""
+    """Implicit-feedback ALS factors: `customers` in the order of the ids asked for (zeros for
+    a customer with no order before the cutoff), `products` in catalogue order; a customer's
+    preference for a product is their dot product. `sold` marks the products somebody bought
+    before the cutoff (the others carry no preference)."""
 
     customers: np.ndarray
     products: np.ndarray
@@ -182,7 +183,8 @@ def fit_als(
     weighting: str = ALS_WEIGHTING,
 ) -> AlsFactors:
     """Implicit-feedback ALS (the `implicit` library) on orders per customer and product before
-    the cutoff, fit on every customer who ordered then and those asked for.
+    the cutoff, fit on the customers who ordered then: the factors do not depend on which
+    customers are asked for (a customer without orders gets zeros, no preference).
 
     Confidence per customer and product: with `weighting="log"`, 1 + alpha * log(1 + orders);
     with "bm25", alpha * the BM25 weight of the order counts (implicit's `bm25_weight`, which
@@ -192,7 +194,13 @@ def fit_als(
     from implicit.nearest_neighbours import bm25_weight
 
     counts = order_counts(bought, cutoff)
-    everyone = np.unique(np.concatenate([counts["customer_id"].to_numpy(), customer_ids]))
+    if counts.is_empty():  # nothing to learn from: no preferences
+        return AlsFactors(
+            customers=np.zeros((len(customer_ids), factors), dtype=np.float32),
+            products=np.zeros((len(index), factors), dtype=np.float32),
+            sold=np.zeros(len(index), dtype=bool),
+        )
+    everyone = np.unique(counts["customer_id"].to_numpy())
     if weighting == "log":
         counts = counts.with_columns(
             (1.0 + alpha * pl.col("orders").cast(pl.Float64).log1p()).alias("confidence")
@@ -215,8 +223,13 @@ def fit_als(
         )
         model.fit(matrix, show_progress=False)
     log.info("ALS fitted: %d customers x %d products", *matrix.shape)
+    fitted = np.asarray(model.user_factors)
+    rows = np.minimum(np.searchsorted(everyone, customer_ids), len(everyone) - 1)
+    ordered = everyone[rows] == customer_ids
+    customers = np.zeros((len(customer_ids), fitted.shape[1]), dtype=fitted.dtype)
+    customers[ordered] = fitted[rows[ordered]]
     return AlsFactors(
-        customers=np.asarray(model.user_factors)[np.searchsorted(everyone, customer_ids)],
+        customers=customers,
         products=np.asarray(model.item_factors),
         sold=np.asarray((matrix > 0).sum(axis=0)).ravel() > 0,
     )

@@ -227,7 +227,7 @@ def candidates(
     category code per catalogue position (0: none); `bought` holds every customer's purchases
     (co-purchases are counted over all of them), of which only those before the cutoff are
     read."""
-    signals = Signals.of(bought, cutoff, customer_ids, index, categories, half_lives)
+    signals = Signals.of(bought, cutoff, customer_ids, index, categories, half_lives, als=True)
     return signals.pool(
         np.arange(len(customer_ids)),
         best_positions(model_scores, MODEL_CANDIDATES),
@@ -267,10 +267,12 @@ class Signals:
         index: ProductIndex,
         categories: np.ndarray | None = None,
         half_lives: tuple[float, ...] = WEIGHT_GRID["repeat_half_life_days"],
-        als: bool = True,
+        *,
+        als: bool,
     ) -> "Signals":
         """The signals as of the cutoff; `als=False` leaves out the ALS factors (the one signal
-        that costs minutes at millions of customers) for rules that give them no weight."""
+        that costs minutes at millions of customers: `benchmarks.als_signal`) for rules that
+        give them no weight."""
         bought = before(bought, cutoff)
         if categories is None:
             categories = np.zeros(len(index), dtype=np.int64)
@@ -343,8 +345,9 @@ class Signals:
 
 
 def _preferences(als: AlsFactors, rows: np.ndarray, pool: np.ndarray) -> np.ndarray:
-    """ALS preference of the customers at `rows` for their pool's products (0 for padding and
-    for products nobody bought before the cutoff)."""
+    """ALS preference of the customers at `rows` for their pool's products. Padding and
+    products nobody bought before the cutoff (a new launch) get 0, the preference of no
+    evidence either way, as a customer without orders does for every product."""
     safe = np.maximum(pool, 0)
     preference = np.empty(pool.shape, dtype=np.float32)
     for first in range(0, len(rows), ALS_ROWS):

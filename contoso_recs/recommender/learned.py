@@ -4,7 +4,7 @@ The fixed weights of `blend.SHIPPED_BLENDS` were tuned on one retailer's weeks. 
 is fit on the retailer's own data instead: on a week the two-tower model never saw, each
 customer's candidates (`blend.Candidates`) are labelled with whether the customer bought them
 that week, and a LambdaRank model learns to order them (NDCG, truncated at 10). It reads the
-same signals the weighted sum does (two-tower cosine, decayed repeat strengths, store
+signals the task-A weights do (two-tower cosine, decayed repeat strengths, store
 popularity and trend, category strength, co-purchase, order counts, how due a product is and
 how often it is bought again), so it can learn, say, that a product bought once long ago
 matters less for a customer with many repeat products than for a customer with few.

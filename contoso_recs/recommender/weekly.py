@@ -157,7 +157,7 @@ class WeeklyScorer:
         half_lives = (config.repeat_half_life_days,)
         if isinstance(config, LearnedRule):
             half_lives = tuple(sorted({*half_lives, *HALF_LIVES}))
-            uses_als = "als" in FEATURES
+            uses_als = "als" in FEATURES or config.explain.als_weight > 0  # reasons: explain
         else:
             uses_als = config.als_weight > 0
         signals = Signals.of(
@@ -252,12 +252,15 @@ class WeeklyScorer:
     def _reasons(self, pool, slots: np.ndarray, has_history: np.ndarray) -> np.ndarray:
         """Index into REASONS per chosen slot: the score term that lifted the product most.
 
-        A term's lift is its value for the product minus its median over the customer's
-        candidates, so a term that is large for every candidate (popularity) does not claim
-        every product. Co-purchase counts as "similar to your purchases", the trend as
-        "popular now", ALS preference as "popular with customers like you".
+        A term's lift is its value for the product minus its median over the candidates the
+        customer may be shown, so a term that is large for every candidate (popularity) does
+        not claim every product. Co-purchase counts as "similar to your purchases", the trend
+        as "popular now", ALS preference as "popular with customers like you".
         """
         terms = contributions(pool, self.weights)
+        shown = pool.positions >= 0  # the candidates the customer may be shown
+        if not self.config.allow_repeats:
+            shown &= ~pool.owned
         groups = {
             "model": ("model", "co_purchase") if self.trained else ("co_purchase",),
             "category": ("category",),
@@ -272,7 +275,7 @@ class WeeklyScorer:
                 if present
                 else np.full(slots.shape[:1] + terms["model"].shape[1:], -np.inf)
             )
-            finite = np.where(np.isfinite(value) & (pool.positions >= 0), value, np.nan)
+            finite = np.where(np.isfinite(value) & shown, value, np.nan)
             with warnings.catch_warnings():  # a row with no finite value has no median: 0
                 warnings.simplefilter("ignore", RuntimeWarning)
                 typical = np.nan_to_num(np.nanmedian(finite, axis=1, keepdims=True))

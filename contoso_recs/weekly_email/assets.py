@@ -110,7 +110,7 @@ def weekly_top5(
         note = (
             f"{note or 'no model has been trained yet'}, and no model has been promoted before: "
             "this week's table ranks by the blend's other signals alone (repeat purchases, "
-            "co-purchases, categories, best sellers)"
+            "co-purchases, categories, best sellers; for blend B also ALS preference)"
         )
         context.log.warning(note)
     elif note:
