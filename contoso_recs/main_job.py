@@ -238,7 +238,8 @@ def model_summary(store: ModelStore) -> list[str]:
     lines.append(
         "  HR@5 / NDCG@5 on the week after its cutoff: the shipped blend (this model's "
         "candidates with repeat purchases, co-purchases, categories and popularity; task A "
-        "ranked by the rule learned on that week, each customer by a rule fit on the others) "
+        "ranked by the rule learned on that week, each customer by a rule fit on the others; "
+        "task B by the shipped weights, ALS preference included) "
         "beside the model alone and the baselines"
     )
     names = {
