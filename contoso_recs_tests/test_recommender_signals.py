@@ -227,3 +227,17 @@ def test_a_rule_weighing_a_signal_the_pool_was_built_without_is_an_error():
     assert "als" not in pool.features
     with pytest.raises(ValueError, match="'als'"):
         BlendConfig(allow_repeats=False, als_weight=0.15).scores(pool)
+
+
+def test_with_no_orders_before_the_cutoff_als_gives_no_preference():
+    bought = shared_tastes()
+    early = CUTOFF - timedelta(days=30)  # every order above is 5 days before CUTOFF
+
+    factors = baselines.fit_als(bought, early, np.array([1, 10]), PRODUCTS)
+
+    assert not factors.customers.any()
+    assert not factors.sold.any()
+    pool = candidates(
+        np.zeros((2, len(PRODUCTS)), "f4"), bought, early, np.array([1, 10]), PRODUCTS
+    )
+    assert not pool.features["als"].any()
