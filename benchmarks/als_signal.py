@@ -12,7 +12,8 @@
 - At full scale: `baselines.fit_als` (the fit the weekly table runs once) on orders of
   2,000,000 customers over 50,000 products with 10 distinct products per customer on average
   (about 20 M customer-product pairs, the order lines of the full-scale world), drawn with a
-  fixed seed: seconds and peak memory of the fit, in its own process.
+  fixed seed: seconds of the fit, and the peak memory of its own process (the drawn orders
+  included).
 
 Recorded with `benchmarks.report.record("als_signal", ...)`. The demo lake is read from
 `--lake` (default `data/lake`, what `make demo` builds); when there is none, the demo world is
@@ -117,6 +118,7 @@ def full_scale_fit() -> dict:
         "order_lines": pairs,
         "fit_seconds": round(seconds, 1),
         "factors": int(factors.customers.shape[1]),
+        # of the whole process: the drawn order lines (a 20 M-row frame) included
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
     }
 

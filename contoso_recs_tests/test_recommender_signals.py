@@ -235,6 +235,9 @@ def test_with_no_orders_before_the_cutoff_als_gives_no_preference():
 
     factors = baselines.fit_als(bought, early, np.array([1, 10]), PRODUCTS)
 
+    assert factors.customers.shape == (2, baselines.ALS_FACTORS)
+    assert factors.products.shape == (len(PRODUCTS), baselines.ALS_FACTORS)
+    assert factors.customers.dtype == factors.products.dtype == np.float32
     assert not factors.customers.any()
     assert not factors.sold.any()
     pool = candidates(

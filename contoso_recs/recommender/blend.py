@@ -154,7 +154,8 @@ SHIPPED_BLENDS = {
     # Complete Journey before both evaluation cutoffs (2017-10-16 to 11-06, each scored by a
     # model trained before it) weight 0.15 raised NDCG@5 in every week, mean .0182 to .0211,
     # HR@5 .0742 to .0864, with 43% more distinct products; 0.3 scored .0214 but lowered the
-    # demo data's task B below no ALS (NDCG@5 .0928 against .0949), where 0.15 scores .0971.
+    # demo data's task B below no ALS (NDCG@5 .0928 against .0949), where 0.15 scores .0971
+    # (the demo's week before the one `make demo` reports on).
     "B": BlendConfig(allow_repeats=False, popularity_weight=0.02, als_weight=0.15),
 }
 

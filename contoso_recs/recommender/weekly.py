@@ -122,7 +122,8 @@ class WeeklyScorer:
         customer_ids: np.ndarray | None = None,
     ) -> "WeeklyScorer":
         """Prepare the week; without a model (`trained` None) the blend ranks by its other
-        signals alone: repeat purchases, co-purchases, categories and best sellers."""
+        signals alone: repeat purchases, co-purchases, categories, best sellers and, for a rule
+        that weighs it (blend B), ALS preference."""
         as_of = as_cutoff(week_start)
         products = catalogue(frames, as_of, current=True)
         if products.height < k:
