@@ -36,11 +36,10 @@ import torch
 
 from benchmarks.lakes import synthetic_lake
 from benchmarks.report import record
+from benchmarks.weekly_rules import REPEATS, compare
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LAKE = REPO_ROOT / "data" / "lake"
-CHUNK = 2_000
-REPEATS = 2
 FULL_CUSTOMERS = 2_000_000
 FULL_PRODUCTS = 50_000
 PRODUCTS_PER_CUSTOMER = 10
@@ -51,7 +50,6 @@ def demo_scale(lake: Path, epochs: int) -> dict:
     from contoso_recs.recommender.data import as_cutoff, purchases, read_lake
     from contoso_recs.recommender.train import train
     from contoso_recs.recommender.two_tower import TwoTowerConfig
-    from contoso_recs.recommender.weekly import WeeklyScorer
 
     frames = read_lake(str(lake))
     latest = purchases(frames)["at"].max()
@@ -61,28 +59,18 @@ def demo_scale(lake: Path, epochs: int) -> dict:
         "without_als": replace(SHIPPED_BLENDS["B"], als_weight=0.0),
         "with_als": SHIPPED_BLENDS["B"],
     }
-    speed: dict[str, list[float]] = {name: [] for name in rules}
-    prepare: dict[str, list[float]] = {name: [] for name in rules}
-    customers = 0
-    for _ in range(REPEATS):
-        for name, rule in rules.items():
-            started = time.perf_counter()
-            scorer = WeeklyScorer.prepare(frames, trained, week, rule)
-            prepare[name].append(time.perf_counter() - started)
-            customers = len(scorer.customer_ids)
-            started = time.perf_counter()
-            for first in range(0, customers, CHUNK):
-                scorer.score(np.arange(first, min(first + CHUNK, customers)))
-            speed[name].append(customers / (time.perf_counter() - started))
-    without, with_als = (float(np.mean(speed[name])) for name in rules)
+    measured = compare(frames, trained, week, rules)
+    customers = measured["customers"]
+    without, with_als = (measured["customers_per_second"][name] for name in rules)
+    prepare = measured["prepare_seconds"]
     return {
         "customers": customers,
         "without_als_customers_per_second": round(without),
         "with_als_customers_per_second": round(with_als),
         "ratio_with_to_without": round(with_als / without, 3),
         "extra_scoring_seconds_per_million_customers": round(1e6 / with_als - 1e6 / without),
-        "without_als_prepare_seconds": round(float(np.mean(prepare["without_als"])), 1),
-        "with_als_prepare_seconds": round(float(np.mean(prepare["with_als"])), 1),
+        "without_als_prepare_seconds": round(prepare["without_als"], 1),
+        "with_als_prepare_seconds": round(prepare["with_als"], 1),
     }
 
 

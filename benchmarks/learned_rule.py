@@ -20,16 +20,14 @@ from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks.lakes import synthetic_lake
 from benchmarks.report import record
+from benchmarks.weekly_rules import REPEATS, compare
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_LAKE = REPO_ROOT / "data" / "lake"
-CHUNK = 2_000
-REPEATS = 2
 
 
 def run(lake: Path, epochs: int) -> dict:
@@ -38,7 +36,6 @@ def run(lake: Path, epochs: int) -> dict:
     from contoso_recs.recommender.data import as_cutoff, purchases, read_lake
     from contoso_recs.recommender.train import train
     from contoso_recs.recommender.two_tower import TwoTowerConfig
-    from contoso_recs.recommender.weekly import WeeklyScorer
 
     frames = read_lake(str(lake))
     bought = purchases(frames)
@@ -55,17 +52,9 @@ def run(lake: Path, epochs: int) -> dict:
         raise SystemExit("the demo week is too small to fit a rule")
 
     rules = {"weights": SHIPPED_BLENDS["A"], "learned_rule": rule}
-    speed: dict[str, list[float]] = {name: [] for name in rules}
-    customers = 0
-    for _ in range(REPEATS):
-        for name, blend_rule in rules.items():
-            scorer = WeeklyScorer.prepare(frames, trained, week, blend_rule)
-            customers = len(scorer.customer_ids)
-            started = time.perf_counter()
-            for first in range(0, customers, CHUNK):
-                scorer.score(np.arange(first, min(first + CHUNK, customers)))
-            speed[name].append(customers / (time.perf_counter() - started))
-    weights, learned_speed = (float(np.mean(speed[n])) for n in rules)
+    measured = compare(frames, trained, week, rules)
+    customers = measured["customers"]
+    weights, learned_speed = (measured["customers_per_second"][name] for name in rules)
     return {
         "description": (
             "Weekly table scoring (`WeeklyScorer.score`, chunks of 2,000 customers, 1 PyTorch "
