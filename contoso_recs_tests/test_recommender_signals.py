@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from contoso_recs.recommender import baselines
+from contoso_recs.recommender import baselines, evaluate
 from contoso_recs.recommender.blend import (
     BlendConfig,
     Signals,
@@ -21,7 +21,7 @@ from contoso_recs.recommender.blend import (
     tune_weeks,
 )
 from contoso_recs.recommender.metrics import ndcg
-from contoso_recs.recommender.ranking import ProductIndex
+from contoso_recs.recommender.ranking import ProductIndex, exclusion_matrix, owned_sets
 
 CUTOFF = datetime(2017, 12, 4, tzinfo=UTC)
 UTC_US = pl.Datetime("us", "UTC")
@@ -244,3 +244,36 @@ def test_with_no_orders_before_the_cutoff_als_gives_no_preference():
         np.zeros((2, len(PRODUCTS)), "f4"), bought, early, np.array([1, 10]), PRODUCTS
     )
     assert not pool.features["als"].any()
+
+
+def test_a_holdout_fits_als_once_for_the_candidates_and_the_task_b_baseline(monkeypatch):
+    bought = shared_tastes()
+    customers = np.array([1, 10, 20])
+    bought_before = owned_sets(bought)
+    test = evaluate.Holdout(
+        cutoff=CUTOFF,
+        customer_ids=customers,
+        index=PRODUCTS,
+        bought_before=bought_before,
+        bought_in_test={int(c): {30} for c in customers},
+        owned=exclusion_matrix(bought_before, customers, PRODUCTS),
+        segments={},
+        categories=np.zeros(len(PRODUCTS), dtype=np.int64),
+    )
+    fits = []
+    fit = baselines.fit_als
+    monkeypatch.setattr(baselines, "fit_als", lambda *a, **k: fits.append(k) or fit(*a, **k))
+
+    lists = evaluate.baseline_lists(bought, test, "B")
+    scores = np.zeros((3, len(PRODUCTS)), dtype=np.float32)
+    pool = candidates(scores, bought, CUTOFF, customers, PRODUCTS, als=test.als(bought))
+
+    assert fits == [evaluate.ALS_PARAMETERS["B"]]  # one fit, read by both
+    fresh = fit(bought, CUTOFF, customers, PRODUCTS, **evaluate.ALS_PARAMETERS["B"])
+    assert lists["als"] == baselines.als(
+        bought, CUTOFF, customers, PRODUCTS, 10, test.owned, factors=fresh
+    )
+    expected = candidates(scores, bought, CUTOFF, customers, PRODUCTS)
+    np.testing.assert_array_equal(pool.features["als"], expected.features["als"])
+    evaluate.baseline_lists(bought, test, "A")  # task A's ALS is weighted otherwise: a new fit
+    assert fits == [evaluate.ALS_PARAMETERS["B"], evaluate.ALS_PARAMETERS["A"]]

@@ -242,10 +242,13 @@ def als(
     index: ProductIndex,
     k: int,
     exclude: sp.csr_matrix | None = None,
+    factors: AlsFactors | None = None,
     **parameters,
 ) -> dict[int, list[int]]:
-    """Top-k by ALS preference (`fit_als`, whose parameters may be passed)."""
-    factors = fit_als(bought, cutoff, customer_ids, index, **parameters)
+    """Top-k by ALS preference: `factors` fit for these customers, or `fit_als` with the
+    parameters passed."""
+    if factors is None:
+        factors = fit_als(bought, cutoff, customer_ids, index, **parameters)
 
     def score(rows: np.ndarray) -> np.ndarray:
         scores = factors.customers[rows] @ factors.products.T

@@ -223,13 +223,19 @@ def candidates(
     index: ProductIndex,
     categories: np.ndarray | None = None,
     half_lives: tuple[float, ...] = WEIGHT_GRID["repeat_half_life_days"],
+    als: AlsFactors | None = None,
 ) -> Candidates:
     """Candidates of each customer with model score, popularity, repeat and category strength,
     ownership and the EXTRA_FEATURES (ALS preferences included). `categories` holds a
     category code per catalogue position (0: none); `bought` holds every customer's purchases
     (co-purchases are counted over all of them), of which only those before the cutoff are
-    read."""
-    signals = Signals.of(bought, cutoff, customer_ids, index, categories, half_lives, als=True)
+    read. `als`: ALS factors already fit for these customers (`fit_als` with its defaults);
+    fit here when not given."""
+    signals = Signals.of(
+        bought, cutoff, customer_ids, index, categories, half_lives, als=als is None
+    )
+    if als is not None:
+        signals = replace(signals, als=als)
     return signals.pool(
         np.arange(len(customer_ids)),
         best_positions(model_scores, MODEL_CANDIDATES),

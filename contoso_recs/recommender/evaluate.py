@@ -13,7 +13,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -76,9 +76,21 @@ class Holdout:
     owned: sp.csr_matrix
     segments: dict[int, str]
     categories: np.ndarray
+    _als: dict = field(default_factory=dict, repr=False, compare=False)
 
     def targets(self, task: str) -> dict[int, set[int]]:
         return task_targets(self.bought_in_test, self.bought_before, task)
+
+    def als(self, bought: pl.DataFrame, **parameters) -> baselines.AlsFactors:
+        """ALS factors of the test customers (`baselines.fit_als` on `bought`, the purchases
+        this holdout was made from), fit once per parameters: the blend's candidates and the
+        task-B baseline use the same fit, which takes minutes at millions of customers."""
+        key = tuple(sorted(parameters.items()))
+        if key not in self._als:
+            self._als[key] = baselines.fit_als(
+                bought, self.cutoff, self.customer_ids, self.index, **parameters
+            )
+        return self._als[key]
 
 
 def holdout(frames: LakeFrames, bought: pl.DataFrame, cutoff: datetime) -> Holdout:
@@ -115,7 +127,7 @@ def baseline_lists(bought: pl.DataFrame, test: Holdout, task: str) -> dict[str, 
     lists = {
         "popularity": baselines.popularity(*args, exclude),
         "item_knn": baselines.item_knn(*args, exclude),
-        "als": baselines.als(*args, exclude, **ALS_PARAMETERS[task]),
+        "als": baselines.als(*args, exclude, factors=test.als(bought, **ALS_PARAMETERS[task])),
     }
     if task == "A":
         lists["buy_again"] = baselines.buy_again(*args)
@@ -137,7 +149,13 @@ def model_pool(
         before(frames.product_views, test.cutoff, "viewed_at"),
     )
     pool = blend.candidates(
-        scores, bought, test.cutoff, test.customer_ids, test.index, test.categories
+        scores,
+        bought,
+        test.cutoff,
+        test.customer_ids,
+        test.index,
+        test.categories,
+        als=test.als(bought),
     )
     return scores, pool
 
