@@ -145,6 +145,15 @@ def test_a_damaged_or_foreign_rule_file_is_refused_with_its_path(tmp_path):
     with pytest.raises(learned.UnusableRule, match="not by this version's signals"):
         learned.LearnedRule.load(tmp_path, SHIPPED_BLENDS["A"])
 
+    path.write_bytes(b"\xff\xfe" + text.encode())  # not text at all
+    with pytest.raises(learned.UnusableRule, match="is not a readable blend rule"):
+        learned.LearnedRule.load(tmp_path, SHIPPED_BLENDS["A"])
+
+    path.unlink()
+    path.mkdir()  # a folder where the file should be
+    with pytest.raises(learned.UnusableRule, match="is not a readable blend rule"):
+        learned.LearnedRule.load(tmp_path, SHIPPED_BLENDS["A"])
+
 
 @pytest.fixture(scope="module")
 def lake():

@@ -277,3 +277,34 @@ def test_a_holdout_fits_als_once_for_the_candidates_and_the_task_b_baseline(monk
     np.testing.assert_array_equal(pool.features["als"], expected.features["als"])
     evaluate.baseline_lists(bought, test, "A")  # task A's ALS is weighted otherwise: a new fit
     assert fits == [evaluate.ALS_PARAMETERS["B"], evaluate.ALS_PARAMETERS["A"]]
+
+
+def test_signals_refuse_customer_ids_out_of_order_or_twice():
+    bought = shared_tastes()
+    for ids in ([25, 1, 12], [1, 1, 12]):
+        with pytest.raises(ValueError, match="sorted and each given once"):
+            Signals.of(bought, CUTOFF, np.array(ids), PRODUCTS, als=False)
+
+
+def test_bm25_als_keeps_a_product_every_customer_bought():
+    # every customer bought 10: BM25 gives it no weight, yet it was sold and may be ranked
+    bought = purchases_of([(c, c, 10, 5) for c in range(1, 6)] + [(1, 1, 20, 5), (2, 2, 20, 5)])
+    customers = np.arange(1, 6)
+
+    factors = baselines.fit_als(bought, CUTOFF, customers, PRODUCTS, weighting="bm25")
+    lists = baselines.als(bought, CUTOFF, customers, PRODUCTS, 2, weighting="bm25")
+
+    assert factors.sold.tolist() == [True, True, False, False]
+    assert np.isfinite(factors.customers).all() and np.isfinite(factors.products).all()
+    assert all(sorted(shown) == [10, 20] for shown in lists.values())
+
+
+def test_blend_weights_must_be_finite_and_the_pool_must_hold_the_rules_half_life():
+    with pytest.raises(ValueError, match="finite"):
+        BlendConfig(popularity_weight=float("nan"))
+    with pytest.raises(ValueError, match="finite"):
+        BlendConfig(repeat_half_life_days=0.0)
+    bought = shared_tastes()
+    pool = candidates(np.zeros((1, len(PRODUCTS)), "f4"), bought, CUTOFF, np.array([1]), PRODUCTS)
+    with pytest.raises(ValueError, match="half-life"):
+        BlendConfig(repeat_half_life_days=5.0).scores(pool)

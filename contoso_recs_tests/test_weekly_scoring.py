@@ -3,20 +3,24 @@
 from dataclasses import replace
 from datetime import timedelta
 
+import numpy as np
 import polars as pl
 import pytest
+from polars.testing import assert_frame_equal
 
 from contoso_recs.recommender.blend import SHIPPED_BLENDS, BlendConfig
 from contoso_recs.recommender.data import LakeFrames
 from contoso_recs.recommender.train import train
 from contoso_recs.recommender.weekly import (
     BOUGHT_BEFORE,
+    IN_YOUR_CATEGORIES,
     LIKE_YOU,
     POPULAR_NOW,
     REASONS,
     WeeklyScorer,
     eligible_customers,
     weekly_recommendations,
+    weekly_table,
 )
 from contoso_recs_tests.test_recommender_training import CUTOFF, TINY, UTC_US, synthetic_lake
 
@@ -260,3 +264,30 @@ def test_a_product_carried_by_als_preference_reads_popular_with_customers_like_y
     first = with_orders.filter(pl.col("rank") == 1)
     assert first.height > 10
     assert set(first["reason"]) == {LIKE_YOU}
+
+
+def test_customers_asked_for_in_any_order_or_twice_get_their_own_five_once(lake, trained):
+    blend = SHIPPED_BLENDS["B"]  # repeats off: a customer mixed up with another would show
+    ordered = WeeklyScorer.prepare(lake, trained, WEEK, blend, customer_ids=np.array([3, 25, 30]))
+    shuffled = WeeklyScorer.prepare(
+        lake, trained, WEEK, blend, customer_ids=np.array([30, 3, 25, 3])
+    )
+    expected = weekly_table(ordered, lake, "v1")
+
+    assert_frame_equal(weekly_table(shuffled, lake, "v1"), expected)
+    assert expected.join(bought_before_week(lake), on=["customer_id", "product_id"]).is_empty()
+    # a batch of rows in any order gives the same rows, in customer order
+    assert_frame_equal(shuffled.score(np.array([2, 0, 1])), shuffled.score(np.arange(3)))
+    empty = WeeklyScorer.prepare(lake, trained, WEEK, blend, customer_ids=np.array([], "i8"))
+    assert weekly_table(empty, lake, "v1").is_empty()
+
+
+def test_a_term_the_rule_does_not_weigh_never_names_the_reason(lake):
+    assert SHIPPED_BLENDS["A"].category_weight == SHIPPED_BLENDS["B"].category_weight == 0
+    for blend in SHIPPED_BLENDS.values():
+        rows = weekly_recommendations(lake, None, WEEK, blend, "none")
+        assert IN_YOUR_CATEGORIES not in set(rows["reason"])
+    # with no order before the week, nothing but the week's best sellers carries a product
+    late = replace(lake, orders=lake.orders.with_columns(pl.col("ordered_at") + timedelta(days=60)))
+    rows = weekly_recommendations(late, None, WEEK, SHIPPED_BLENDS["A"], "none")
+    assert set(rows["reason"]) == {POPULAR_NOW}

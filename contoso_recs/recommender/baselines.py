@@ -209,6 +209,9 @@ def fit_als(
     elif weighting == "bm25":
         orders = customer_product_matrix(counts, everyone, index, "orders")
         matrix = (alpha * bm25_weight(orders, K1=ALS_BM25_K1, B=ALS_BM25_B)).tocsr()
+        # BM25's inverse document frequency is zero or below for a product (nearly) every
+        # customer bought: it says nothing of anyone's taste, so no confidence, not a negative one
+        matrix.data = np.maximum(matrix.data, 0.0)
         matrix = matrix.astype(np.float32)
     else:
         raise ValueError(f"weighting must be 'log' or 'bm25', not {weighting!r}")
@@ -223,6 +226,9 @@ def fit_als(
         )
         model.fit(matrix, show_progress=False)
     log.info("ALS fitted: %d customers x %d products", *matrix.shape)
+    sold = np.zeros(len(index), dtype=bool)  # bought by somebody, whatever its confidence
+    positions = index.positions(counts["product_id"].unique().to_numpy())
+    sold[positions[positions >= 0]] = True
     fitted = np.asarray(model.user_factors)
     rows = np.minimum(np.searchsorted(everyone, customer_ids), len(everyone) - 1)
     ordered = everyone[rows] == customer_ids
@@ -231,7 +237,7 @@ def fit_als(
     return AlsFactors(
         customers=customers,
         products=np.asarray(model.item_factors),
-        sold=np.asarray((matrix > 0).sum(axis=0)).ravel() > 0,
+        sold=sold,
     )
 
 

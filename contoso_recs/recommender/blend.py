@@ -114,6 +114,14 @@ class BlendConfig:
     model_weight: float = 1.0
     als_weight: float = 0.0
 
+    def __post_init__(self):
+        numbers = {k: v for k, v in asdict(self).items() if k != "allow_repeats"}
+        bad = [k for k, v in numbers.items() if not np.isfinite(v)]
+        if bad or self.repeat_half_life_days <= 0:
+            raise ValueError(
+                f"blend weights must be finite numbers and the half-life positive: {bad or numbers}"
+            )
+
     def to_json(self) -> dict:
         return asdict(self)
 
@@ -278,9 +286,12 @@ class Signals:
         *,
         als: bool,
     ) -> "Signals":
-        """The signals as of the cutoff; `als=False` leaves out the ALS factors (the one signal
-        that costs minutes at millions of customers: `benchmarks.als_signal`) for rules that
-        give them no weight."""
+        """The signals as of the cutoff for `customer_ids` (sorted, each once); `als=False`
+        leaves out the ALS factors (the one signal that costs minutes at millions of customers:
+        `benchmarks.als_signal`) for rules that give them no weight."""
+        customer_ids = np.asarray(customer_ids, dtype=np.int64)
+        if (np.diff(customer_ids) <= 0).any():
+            raise ValueError("customer ids must be sorted and each given once")
         bought = before(bought, cutoff)
         if categories is None:
             categories = np.zeros(len(index), dtype=np.int64)
@@ -369,6 +380,11 @@ def _preferences(als: AlsFactors, rows: np.ndarray, pool: np.ndarray) -> np.ndar
 def contributions(pool: Candidates, config: BlendConfig) -> dict[str, np.ndarray]:
     """Each term of the blend score per candidate slot, by name: model, repeat, popularity,
     category and the EXTRA_FEATURES (a product the model cannot score gets -inf)."""
+    if config.repeat_half_life_days not in pool.repeat:
+        raise ValueError(
+            f"the blend weighs repeats with a {config.repeat_half_life_days}-day half-life but "
+            f"the candidate pool has only {sorted(pool.repeat)}"
+        )
     known = np.isfinite(pool.model)
     terms = {
         "model": np.where(known, config.model_weight * np.where(known, pool.model, 0.0), -np.inf),

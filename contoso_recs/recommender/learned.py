@@ -160,7 +160,10 @@ class LearnedRule:
         if not path.exists():
             return None
         # LightGBM aborts the whole process on a damaged model text: check it is whole first
-        header, _, text = path.read_text().partition("\n")
+        try:
+            header, _, text = path.read_text(encoding="utf-8").partition("\n")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UnusableRule(f"{path} is not a readable blend rule ({error})") from error
         fields = header.removeprefix(HEADER).split()
         if len(fields) != 3 or not fields[0].isdigit() or fields[2] != _digest(text):
             raise UnusableRule(f"{path} is not a readable blend rule (damaged or cut short)")

@@ -36,7 +36,10 @@ class ProductIndex:
 def customer_product_matrix(
     pairs: pl.DataFrame, customer_ids: np.ndarray, index: ProductIndex, value: str | None = None
 ) -> sp.csr_matrix:
-    """Customers x products, summing `value` (or counting rows) per pair; unknowns dropped."""
+    """Customers x products, summing `value` (or counting rows) per pair; unknowns dropped.
+    `customer_ids` must be sorted."""
+    if not len(customer_ids):
+        return sp.csr_matrix((0, len(index)), dtype=np.float32)
     rows = np.searchsorted(customer_ids, pairs["customer_id"].to_numpy())
     rows = np.clip(rows, 0, len(customer_ids) - 1)
     known_customer = customer_ids[rows] == pairs["customer_id"].to_numpy()

@@ -35,6 +35,7 @@ import polars as pl
 
 from contoso_recs.recommender import batch_scoring
 from contoso_recs.recommender.blend import (
+    EXTRA_FEATURES,
     MODEL_CANDIDATES,
     BlendConfig,
     Rule,
@@ -79,6 +80,10 @@ TABLE_SCHEMA = {
     "price": pl.Float64,
     "image_ref": pl.String,
     "model_version": pl.String,
+}
+# What `WeeklyScorer.score` returns, before the product details are joined.
+RANKED_SCHEMA = {
+    c: TABLE_SCHEMA[c] for c in ("customer_id", "rank", "product_id", "score", "reason")
 }
 
 
@@ -144,6 +149,8 @@ class WeeklyScorer:
         )
         if customer_ids is None:
             customer_ids = eligible_customers(frames, as_of)
+        else:  # in any order, even twice: each customer once, in id order (as signals need)
+            customer_ids = np.unique(np.asarray(customer_ids, dtype=np.int64))
         if trained is None:
             if isinstance(config, LearnedRule):  # learned with model scores: not without them
                 config = config.explain
@@ -202,8 +209,12 @@ class WeeklyScorer:
         return self.config.explain if isinstance(self.config, LearnedRule) else self.config
 
     def score(self, rows: np.ndarray) -> pl.DataFrame:
-        """The top-k rows (customer_id, rank, product_id, score, reason) of customers `rows`."""
+        """The top-k rows (customer_id, rank, product_id, score, reason) of customers `rows`
+        (positions in `customer_ids`, in any order; the table comes in customer order)."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
         ids = self.customer_ids[rows]
+        if not len(ids):
+            return pl.DataFrame(schema=RANKED_SCHEMA)
         start, stop = np.searchsorted(self.bought_customers, [ids[0], ids[-1] + 1])
         history = self.bought.slice(start, stop - start)
         start, stop = np.searchsorted(self.views_customers, [ids[0], ids[-1] + 1])
@@ -258,7 +269,11 @@ class WeeklyScorer:
         not claim every product. Co-purchase counts as "similar to your purchases", the trend
         as "popular now", ALS preference as "popular with customers like you".
         """
-        terms = contributions(pool, self.weights)
+        terms = {
+            name: term
+            for name, term in contributions(pool, self.weights).items()
+            if getattr(self.weights, EXTRA_FEATURES.get(name, f"{name}_weight"))
+        }
         shown = pool.positions >= 0  # the candidates the customer may be shown
         if not self.config.allow_repeats:
             shown &= ~pool.owned
@@ -271,17 +286,21 @@ class WeeklyScorer:
         lifts = []
         for names in groups.values():
             present = [terms[name] for name in names if name in terms]
-            value = (
-                sum(present)
-                if present
-                else np.full(slots.shape[:1] + terms["model"].shape[1:], -np.inf)
-            )
+            value = sum(present) if present else np.full(pool.positions.shape, -np.inf)
             finite = np.where(np.isfinite(value) & shown, value, np.nan)
             with warnings.catch_warnings():  # a row with no finite value has no median: 0
                 warnings.simplefilter("ignore", RuntimeWarning)
                 typical = np.nan_to_num(np.nanmedian(finite, axis=1, keepdims=True))
-            lifts.append(np.take_along_axis(value, slots, axis=1) - typical)
-        leading = np.argmax(np.nan_to_num(np.stack(lifts), nan=-np.inf), axis=0)
+            chosen = np.take_along_axis(value, slots, axis=1)
+            # a term that gave the product nothing is not why it is shown
+            lifts.append(np.where(chosen == 0, -np.inf, chosen - typical))
+        lifts = np.stack(lifts)
+        lifts[np.isnan(lifts)] = -np.inf
+        leading = np.where(
+            np.isfinite(lifts).any(axis=0),
+            np.argmax(lifts, axis=0),
+            list(groups).index("popularity"),
+        )
         from_model = np.where(has_history[:, None], REASONS.index(SIMILAR), REASONS.index(LIKE_YOU))
         reasons = np.choose(
             leading,
@@ -355,14 +374,7 @@ def weekly_table(
     for start in range(0, n, chunk_customers):
         parts.append(scorer.score(np.arange(start, min(start + chunk_customers, n))))
         log.info("scored %d of %d customers", min(start + chunk_customers, n), n)
-    ranked = (
-        pl.concat(parts)
-        if parts
-        else pl.DataFrame(
-            schema={c: TABLE_SCHEMA[c] for c in ("customer_id", "rank", "product_id", "score")}
-            | {"reason": pl.String}
-        )
-    )
+    ranked = pl.concat(parts) if parts else pl.DataFrame(schema=RANKED_SCHEMA)
     details = frames.products.select(
         "product_id", pl.col("name").alias("product_name"), "price"
     ).join(
