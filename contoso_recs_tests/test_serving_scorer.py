@@ -139,6 +139,21 @@ def test_a_newly_published_bundle_replaces_the_live_one(tmp_path):
     assert ids(before.recommend(ScoreRequest("c1", "p1", k=1))) == ["p2"]
 
 
+def test_a_bundle_written_again_in_the_live_folder_replaces_the_live_one(tmp_path):
+    # the serving_bundle job publishes the promoted model again (new customers) in its folder
+    write_small_bundle(tmp_path, "v1")
+    live = LiveBundle(tmp_path, check_seconds=0.0)
+    before = live.scorer()
+
+    write_small_bundle(tmp_path, "v1", policy=Policy(allow_repeats=True))
+    deadline = time.monotonic() + 10
+    while live.scorer() is before and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert live.scorer() is not before
+    assert live.scorer().bundle.policy.allow_repeats
+
+
 def test_a_broken_new_bundle_keeps_the_live_one(tmp_path):
     write_small_bundle(tmp_path, "v1")
     live = LiveBundle(tmp_path, check_seconds=0.0)
@@ -155,6 +170,7 @@ def test_a_broken_new_bundle_keeps_the_live_one(tmp_path):
     ("body", "status", "message"),
     [
         (b"{not json", 400, "not valid JSON"),
+        (b"[" * 4000 + b"]" * 4000, 400, "not valid JSON"),  # nested deeper than Python recurses
         (b"\xff\xfe", 400, "not valid JSON"),
         (b"", 400, "empty"),
         (b"[1, 2]", 400, "JSON object"),

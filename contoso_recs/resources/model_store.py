@@ -2,6 +2,7 @@
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ CARD_FILE = "model_card.json"
 class ModelStore(dg.ConfigurableResource):
     """Model bundles under one folder, one sub-folder per version, with a promotion pointer.
 
-    Promotion rewrites `current.json` atomically (write, then rename), so a reader sees either
-    the previous promoted version or the new one, never half of it.
+    Promotion rewrites `current.json` and a card update rewrites `model_card.json` atomically
+    (write a file of its own, then rename), so a reader sees either the previous content or
+    the new one, never half of it, even with two runs writing at once.
     """
 
     root: str
@@ -27,8 +29,7 @@ class ModelStore(dg.ConfigurableResource):
         """What a model version is: metrics, parameters, and the lake versions it was built on."""
         path = self.version_dir(version) / CARD_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(card, indent=2, sort_keys=True, default=str))
-        return path
+        return _write_atomically(path, json.dumps(card, indent=2, sort_keys=True, default=str))
 
     def card(self, version: str) -> dict[str, Any]:
         return json.loads((self.version_dir(version) / CARD_FILE).read_text())
@@ -40,18 +41,37 @@ class ModelStore(dg.ConfigurableResource):
         pointer = Path(self.root) / CURRENT_FILE
         if not pointer.exists():
             return None
-        return json.loads(pointer.read_text())["version"]
+        try:
+            version = json.loads(pointer.read_text()).get("version")
+        except (ValueError, AttributeError):
+            version = None
+        if not isinstance(version, str) or not version:
+            raise ValueError(
+                f"{pointer} does not name a promoted model version: promote one again "
+                "(materialise model/promoted_model) to rewrite it"
+            )
+        return version
 
     def promote(self, version: str) -> None:
         if not (self.version_dir(version) / CARD_FILE).exists():
             raise ValueError(f"model version {version} is not in the store at {self.root}")
-        pointer = Path(self.root) / CURRENT_FILE
-        staging = pointer.with_suffix(".json.tmp")
-        staging.write_text(json.dumps({"version": version}))
-        os.replace(staging, pointer)
+        _write_atomically(Path(self.root) / CURRENT_FILE, json.dumps({"version": version}))
 
     def versions(self) -> list[str]:
         root = Path(self.root)
         if not root.exists():
             return []
         return sorted(p.name for p in root.iterdir() if (p / CARD_FILE).exists())
+
+
+def _write_atomically(path: Path, text: str) -> Path:
+    """Write `text` to a file of this call's own beside `path`, then rename it over `path`."""
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as file:
+            file.write(text)
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return path

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -145,14 +146,20 @@ def write_bundle(
         "dimension": int(vectors.shape[1]),
         "owned_pairs": len(indices),
         "created_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "bundle_id": uuid.uuid4().hex,  # a bundle written again in the same folder is another
     }
     return _write_atomically(Path(out_dir), arrays, manifest)
+
+
+def read_manifest(path: str | Path) -> dict:
+    """What the bundle in `path` holds (its manifest), without its arrays."""
+    return json.loads((Path(path) / MANIFEST).read_text())
 
 
 def read_bundle(path: str | Path) -> Bundle:
     """The bundle in `path`; the big customer arrays are memory-mapped, the rest in memory."""
     folder = Path(path)
-    manifest = json.loads((folder / MANIFEST).read_text())
+    manifest = read_manifest(folder)
     if manifest.get("format") != FORMAT:
         raise ValueError(f"bundle {folder} has format {manifest.get('format')}, expected {FORMAT}")
     arrays = {

@@ -47,7 +47,7 @@ def parse_request(body: bytes) -> ScoreRequest:
         raise RequestError(400, "the request body is empty; expected a JSON object")
     try:
         payload = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):  # RecursionError: nested too deep
         raise RequestError(400, "the request body is not valid JSON") from None
     if not isinstance(payload, dict):
         raise RequestError(400, "the request body must be a JSON object")

@@ -26,7 +26,13 @@ from pathlib import Path
 
 import numpy as np
 
-from contoso_recs.serving.bundle import POINTER, Bundle, live_bundle_dir, read_bundle
+from contoso_recs.serving.bundle import (
+    POINTER,
+    Bundle,
+    live_bundle_dir,
+    read_bundle,
+    read_manifest,
+)
 from contoso_recs.serving.contract import ScoreRequest
 
 log = logging.getLogger(__name__)
@@ -177,8 +183,9 @@ class LiveBundle:
     def _swap(self) -> None:
         try:
             folder = live_bundle_dir(self.model_dir)
-            if folder.resolve() == self._scorer.bundle.path.resolve():
-                return
+            live = self._scorer.bundle
+            if folder.resolve() == live.path.resolve() and read_manifest(folder) == live.manifest:
+                return  # the pointer was rewritten, the bundle is the one being served
             scorer = Scorer(read_bundle(folder))
             previous = self._scorer.model_version
             self._scorer = scorer
