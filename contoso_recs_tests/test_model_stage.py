@@ -256,3 +256,18 @@ def test_evaluation_fits_the_learned_rule_on_the_holdout_week_beside_the_model(
     assert again.success
     assert materialization(again, "model", "evaluation")["learned_rule_customers"] == 0
     assert learned.LearnedRule.load(store.version_dir(version), SHIPPED_BLENDS["A"]) is None
+
+
+def test_the_evaluation_command_stops_before_training_on_a_week_without_purchases(
+    tiny_lake, tmp_path, capsys
+):
+    lake_root = local_resources(tiny_lake)["lake"].root_uri
+    not_a_folder = tmp_path / "report"
+    not_a_folder.write_text("")
+    command = ["--lake", lake_root, "--dataset", "synthetic", "--cutoffs", "2030-01-07"]
+
+    with pytest.raises(SystemExit):
+        evaluate.main([*command, "--out", str(not_a_folder)])
+    assert f"--out {not_a_folder}" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="no purchases by known customers in the week from 2030"):
+        evaluate.main([*command, "--out", str(tmp_path / "out")])

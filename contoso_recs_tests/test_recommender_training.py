@@ -10,11 +10,12 @@ import polars as pl
 import pytest
 import torch
 
-from contoso_recs.recommender.data import LakeFrames, catalogue, purchases
+from contoso_recs.recommender.data import LakeFrames, as_cutoff, catalogue, purchases
 from contoso_recs.recommender.encoding import build_vocabulary
 from contoso_recs.recommender.train import (
     TrainedModel,
     candidate_log_q,
+    parse_args,
     snapshot_batches,
     train,
     training_examples,
@@ -337,3 +338,31 @@ def test_training_with_uniform_negatives_gives_every_batch_drawn_products(monkey
     assert all((log_q > np.log(0.8)).all() for _, log_q in drawn)
     losses = trained.metrics["epoch_loss"]
     assert losses[-1] < losses[0] - 0.1
+
+
+@pytest.mark.parametrize(
+    ("argument", "message"),
+    [
+        (["--epochs", "0"], "at least 1"),
+        (["--batch-size", "-5"], "at least 1"),
+        (["--dim", "0"], "at least 1"),
+        (["--cutoff", "next monday"], "is not a date"),
+        (["--versions", "{orders: 3}"], "not JSON"),
+        (["--versions", '{"orders": -1}'], "must map table names"),
+    ],
+)
+def test_the_training_command_refuses_bad_arguments_before_reading_the_lake(
+    argument, message, capsys
+):
+    argv = ["--lake", "/nonexistent", "--cutoff", "2026-11-23", "--out", "/nonexistent/m"]
+    with pytest.raises(SystemExit):
+        parse_args(argv + argument)
+    assert message in capsys.readouterr().err
+
+
+def test_training_before_any_product_is_on_sale_is_a_clear_error():
+    lake = synthetic_lake()
+    later = as_cutoff("2017-03-01")
+    lake = replace(lake, products=lake.products.with_columns(introduced_at=pl.lit(later)))
+    with pytest.raises(ValueError, match="no product in the catalogue before 2017-02-27"):
+        train(lake, as_cutoff("2017-02-27"), TINY)

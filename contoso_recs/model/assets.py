@@ -9,6 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 import polars as pl
+from pydantic import Field
 
 from contoso_recs.lake import keys
 from contoso_recs.resources.lake import Lake
@@ -34,9 +35,9 @@ class CandidateConfig(dg.Config):
 
     cutoff: str | None = None
     """YYYY-MM-DD; by default the last 7 days of orders are held out for the evaluation."""
-    epochs: int = 4
+    epochs: int = Field(default=4, ge=1)
     seed: int = 7
-    threads: int | None = None
+    threads: int | None = Field(default=None, ge=1)
 
 
 def default_cutoff(lake: Lake) -> date:

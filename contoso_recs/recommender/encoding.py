@@ -81,7 +81,8 @@ def build_vocabulary(
         for token in set(name_tokens(name)):
             counts[token] = counts.get(token, 0) + 1
     prices = products["price"].drop_nulls().filter(products["price"].drop_nulls() > 0)
-    edges = np.quantile(np.log(prices.to_numpy()), np.linspace(0, 1, PRICE_BUCKETS + 1)[1:-1])
+    quantiles = np.linspace(0, 1, PRICE_BUCKETS + 1)[1:-1]
+    edges = np.quantile(np.log(prices.to_numpy()), quantiles) if len(prices) else []
     return Vocabulary(
         product_ids=sorted(int(p) for p in products["product_id"].to_list()),
         departments=_distinct(products["department"]),

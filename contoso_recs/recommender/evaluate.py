@@ -9,7 +9,6 @@ the two weeks before T with a model trained before them, so the test week is nev
 """
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -46,7 +45,13 @@ from contoso_recs.recommender.ranking import (
     top_k_lists,
 )
 from contoso_recs.recommender.report import write_report
-from contoso_recs.recommender.train import TrainedModel, train
+from contoso_recs.recommender.train import (
+    TrainedModel,
+    cutoff_date,
+    lake_versions,
+    positive_int,
+    train,
+)
 from contoso_recs.recommender.two_tower import TwoTowerConfig
 
 log = logging.getLogger(__name__)
@@ -373,16 +378,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True, help="lake root holding the Delta tables")
     parser.add_argument("--dataset", required=True, help="name of the dataset in the report")
-    parser.add_argument("--cutoffs", nargs="+", required=True, help="cutoffs, YYYY-MM-DD")
+    parser.add_argument(
+        "--cutoffs", nargs="+", required=True, type=cutoff_date, help="cutoffs, YYYY-MM-DD"
+    )
     parser.add_argument("--out", required=True, help="folder for evaluation.json/.md/.png")
-    parser.add_argument("--epochs", type=int, default=TwoTowerConfig.epochs)
+    parser.add_argument("--epochs", type=positive_int, default=TwoTowerConfig.epochs)
     parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)"
+        "--threads", type=positive_int, default=None, help="CPU threads for PyTorch (default: all)"
     )
     parser.add_argument(
-        "--versions", default=None, help='pinned Delta versions as JSON, e.g. {"orders": 3}'
+        "--versions",
+        type=lake_versions,
+        default=None,
+        help='pinned Delta versions as JSON, e.g. {"orders": 3}',
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:  # before hours of training, not after
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--out {args.out}: {error.strerror or error}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -390,9 +405,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    frames = read_lake(args.lake, json.loads(args.versions) if args.versions else None)
+    frames = read_lake(args.lake, args.versions)
+    cutoffs = [as_cutoff(c) for c in args.cutoffs]
+    bought = purchases(frames)
+    for cutoff in cutoffs:
+        if holdout(frames, bought, cutoff).customer_ids.size == 0:
+            raise SystemExit(
+                f"no purchases by known customers in the week from {cutoff:%Y-%m-%d}: "
+                "nothing to evaluate on (the lake's orders end before it, or start after it)"
+            )
     config = replace(TwoTowerConfig(), epochs=args.epochs)
-    results = {args.dataset: evaluate(frames, [as_cutoff(c) for c in args.cutoffs], config)}
+    results = {args.dataset: evaluate(frames, cutoffs, config)}
     paths = write_report(results, Path(args.out))
     sys.stdout.write("".join(f"{p}\n" for p in paths))
     return 0

@@ -242,6 +242,8 @@ def train(
 
     bought = before(purchases(frames), cutoff)
     products = catalogue(frames, cutoff)
+    if products.is_empty():
+        raise ValueError(f"no product in the catalogue before {cutoff:%Y-%m-%d}: nothing to learn")
     profiles = before(frames.customers, cutoff, "created_at")
     vocab = build_vocabulary(products, profiles, config.customer_buckets)
     product_inputs = encode_products(vocab, products, frames.product_image_features)
@@ -408,20 +410,53 @@ def _snapshot_batch(inputs: CustomerInputs, rows: torch.Tensor, device) -> dict:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True, help="lake root holding the Delta tables")
-    parser.add_argument("--cutoff", required=True, help="train on purchases before YYYY-MM-DD")
+    parser.add_argument(
+        "--cutoff", required=True, type=cutoff_date, help="train on purchases before YYYY-MM-DD"
+    )
     parser.add_argument("--out", required=True, help="folder for the model bundle")
-    parser.add_argument("--epochs", type=int, default=TwoTowerConfig.epochs)
-    parser.add_argument("--weeks", type=int, default=TwoTowerConfig.weeks)
-    parser.add_argument("--batch-size", type=int, default=TwoTowerConfig.batch_size)
-    parser.add_argument("--dim", type=int, default=TwoTowerConfig.dim)
+    parser.add_argument("--epochs", type=positive_int, default=TwoTowerConfig.epochs)
+    parser.add_argument("--weeks", type=positive_int, default=TwoTowerConfig.weeks)
+    parser.add_argument("--batch-size", type=positive_int, default=TwoTowerConfig.batch_size)
+    parser.add_argument("--dim", type=positive_int, default=TwoTowerConfig.dim)
     parser.add_argument("--seed", type=int, default=TwoTowerConfig.seed)
     parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)"
+        "--threads", type=positive_int, default=None, help="CPU threads for PyTorch (default: all)"
     )
     parser.add_argument(
-        "--versions", default=None, help='pinned Delta versions as JSON, e.g. {"orders": 3}'
+        "--versions",
+        type=lake_versions,
+        default=None,
+        help='pinned Delta versions as JSON, e.g. {"orders": 3}',
     )
     return parser.parse_args(argv)
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number of at least 1, not {text}")
+    return value
+
+
+def cutoff_date(text: str) -> str:
+    try:
+        as_cutoff(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date YYYY-MM-DD") from error
+    return text
+
+
+def lake_versions(text: str) -> dict[str, int]:
+    try:
+        versions = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not JSON ({error})") from error
+    if not isinstance(versions, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v >= 0
+        for k, v in versions.items()
+    ):
+        raise argparse.ArgumentTypeError('must map table names to versions, e.g. {"orders": 3}')
+    return versions
 
 
 def setup_from_args(args: argparse.Namespace) -> tuple[TwoTowerConfig, LakeFrames]:
@@ -436,7 +471,7 @@ def setup_from_args(args: argparse.Namespace) -> tuple[TwoTowerConfig, LakeFrame
         dim=args.dim,
         seed=args.seed,
     )
-    return config, read_lake(args.lake, json.loads(args.versions) if args.versions else None)
+    return config, read_lake(args.lake, args.versions)
 
 
 def main(argv: list[str] | None = None) -> int:
