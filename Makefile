@@ -9,7 +9,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 DATASET ?= synthetic
 SCALE ?= demo
 export CONTOSO_RECS_DATA_DIR ?= $(CURDIR)/data
-export DAGSTER_HOME ?= $(CURDIR)/data/dagster_home
+export DAGSTER_HOME ?= $(CONTOSO_RECS_DATA_DIR)/dagster_home
 
 .PHONY: setup serving-setup system-deps demo demo-completejourney backtest ui serve test lint \
 	format evaluate bench clean
@@ -57,8 +57,8 @@ backtest: setup
 ## The Dagster UI on http://127.0.0.1:$(UI_PORT) (3000 unless given) over the demo's instance.
 UI_PORT ?= 3000
 ui: setup
-	mkdir -p $(DAGSTER_HOME)
-	$(VENV)/bin/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
+	mkdir -p $(abspath $(DAGSTER_HOME))
+	DAGSTER_HOME=$(abspath $(DAGSTER_HOME)) $(VENV)/bin/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
 
 ## Real-time recommendations on http://127.0.0.1:$(PORT)/score from the promoted model
 ## (publishes its serving bundle first when the promoted model has none yet).

@@ -289,16 +289,20 @@ def mirrored_sources_marker(data_dir: Path) -> Path:
 
 
 def forget_lake_of_other_sources(data_dir: Path, dagster_home: Path, report: Report) -> None:
-    """Start the lake and the watermarks afresh when the sources were regenerated under them."""
+    """Start the lake, the watermarks and the models afresh when the sources were regenerated
+    under them: a model of other customers and products cannot judge, nor serve, these."""
     lake_dir, marker = data_dir / "lake", mirrored_sources_marker(data_dir)
     current = layout.manifest_path(data_dir).read_text()
     if not lake_dir.exists() or (marker.exists() and marker.read_text() == current):
         return
+    models, serving = data_dir / "models", data_dir / "serving"
     report(
-        f"The sources changed since the lake was built: removing {lake_dir} and the local "
-        f"Dagster instance {dagster_home} (runs, watermarks) so the lake mirrors the new sources"
+        f"The sources changed since the lake was built: removing {lake_dir}, the local "
+        f"Dagster instance {dagster_home} (runs, watermarks), the models in {models} and the "
+        f"serving bundles in {serving}, so the lake mirrors the new sources and the first "
+        "model trained on them is promoted"
     )
-    for stale in (lake_dir, dagster_home):
+    for stale in (lake_dir, dagster_home, models, serving):
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -76,12 +76,18 @@ def test_sources_generated_under_an_existing_lake_start_the_lake_afresh(tmp_path
     demo(tmp_path, "synthetic", "tiny", 0, lambda _: None, train_model=False)
     lake = local_resources(tmp_path)["lake"]
     orders_before = lake.read("orders").sort("order_id")
+    store = local_resources(tmp_path)["model_store"]  # a model of the earlier customers
+    store.write_card("20261123-earlier", {"cutoff": "2026-11-23"})
+    store.promote("20261123-earlier")
+    (tmp_path / "serving" / "20261123-earlier").mkdir(parents=True)
     synthetic.generate(tmp_path, "tiny", 1)
     messages: list[str] = []
 
     assert demo(tmp_path, "synthetic", "tiny", 1, messages.append, train_model=False)
 
     assert any(m.startswith("The sources changed since the lake was built") for m in messages)
+    assert store.current_version() is None and store.versions() == []
+    assert not (tmp_path / "serving").exists()
     assert not lake.read("orders").sort("order_id").equals(orders_before)
     assert lake.row_count("orders") + 1 == layout.read_manifest(tmp_path)["counts"]["orders"]
 
