@@ -85,7 +85,8 @@ def read_lake(lake_root: str, versions: dict[str, int] | None = None) -> LakeFra
             frames[table] = pl.DataFrame(schema=OPTIONAL_TABLES[table])
             continue
         frames[table] = pl.read_delta(path, version=versions.get(table))
-        log.info("read %s: %d rows (version %s)", table, frames[table].height, versions.get(table))
+        version = versions.get(table, "latest")
+        log.info("read %s: %d rows (version %s)", table, frames[table].height, version)
     return LakeFrames(**frames)
 
 

@@ -21,6 +21,12 @@ class TableWrite:
     rows_inserted: int
     rows_updated: int
 
+    @property
+    def state(self) -> str:
+        """How the table stands after the write, for a log line."""
+        changed = self.rows_inserted or self.rows_updated
+        return f"{'now at' if changed else 'unchanged at'} version {self.version}"
+
 
 class Lake(dg.ConfigurableResource):
     """Delta tables under one root URI.

@@ -124,7 +124,7 @@ def customers(
     context.log.info(
         f"CRM contacts changed since {watermark or 'the beginning'}: {conformed.summary()}; "
         f"{write.rows_inserted} new and {write.rows_updated} updated in the lake; "
-        f"watermark now {watermark_after}; wrote {write.uri} version {write.version}"
+        f"watermark now {watermark_after}; {write.uri} {write.state}"
     )
     metadata = {
         **lake.table_metadata(write, preview_columns=PREVIEW_COLUMNS),

@@ -167,11 +167,11 @@ def _extract_table(
     write = lake.upsert(table, conformed.loaded, contract.unique_key, newer_when="modified_at")
     write_quarantine(lake, table, conformed.all_quarantined)
     watermark_after = latest_modification(conformed.loaded) or watermark
+    again = " (rows read again at the watermark change nothing)" if watermark else ""
     context.log.info(
         f"{table} changed since {watermark or 'the beginning'}: {conformed.summary()}; "
-        f"{write.rows_inserted} new and {write.rows_updated} updated in the lake (rows read again "
-        f"at the watermark change nothing); watermark now {watermark_after}; "
-        f"wrote {write.uri} version {write.version}"
+        f"{write.rows_inserted} new and {write.rows_updated} updated in the lake{again}; "
+        f"watermark now {watermark_after}; {write.uri} {write.state}"
     )
     return dg.MaterializeResult(
         asset_key=asset_key,
