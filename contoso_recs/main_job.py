@@ -295,14 +295,14 @@ def forget_lake_of_other_sources(data_dir: Path, dagster_home: Path, report: Rep
     current = layout.manifest_path(data_dir).read_text()
     if not lake_dir.exists() or (marker.exists() and marker.read_text() == current):
         return
-    models, serving = data_dir / "models", data_dir / "serving"
+    models, serving, backtests = data_dir / "models", data_dir / "serving", data_dir / "backtests"
     report(
         f"The sources changed since the lake was built: removing {lake_dir}, the local "
-        f"Dagster instance {dagster_home} (runs, watermarks), the models in {models} and the "
-        f"serving bundles in {serving}, so the lake mirrors the new sources and the first "
-        "model trained on them is promoted"
+        f"Dagster instance {dagster_home} (runs, watermarks), the models in {models}, the "
+        f"serving bundles in {serving} and the backtests in {backtests}, so the lake mirrors "
+        "the new sources and the first model trained on them is promoted"
     )
-    for stale in (lake_dir, dagster_home, models, serving):
+    for stale in (lake_dir, dagster_home, models, serving, backtests):
         shutil.rmtree(stale, ignore_errors=True)
 
 

@@ -80,6 +80,7 @@ def test_sources_generated_under_an_existing_lake_start_the_lake_afresh(tmp_path
     store.write_card("20261123-earlier", {"cutoff": "2026-11-23"})
     store.promote("20261123-earlier")
     (tmp_path / "serving" / "20261123-earlier").mkdir(parents=True)
+    (tmp_path / "backtests" / "2026-11-16" / "models").mkdir(parents=True)
     synthetic.generate(tmp_path, "tiny", 1)
     messages: list[str] = []
 
@@ -88,6 +89,7 @@ def test_sources_generated_under_an_existing_lake_start_the_lake_afresh(tmp_path
     assert any(m.startswith("The sources changed since the lake was built") for m in messages)
     assert store.current_version() is None and store.versions() == []
     assert not (tmp_path / "serving").exists()
+    assert not (tmp_path / "backtests").exists()
     assert not lake.read("orders").sort("order_id").equals(orders_before)
     assert lake.row_count("orders") + 1 == layout.read_manifest(tmp_path)["counts"]["orders"]
 

@@ -28,31 +28,44 @@ def test_an_interrupted_card_update_leaves_the_previous_card(tmp_path, monkeypat
 
     assert store.card("v1") == {"version": "v1", "metrics": {"A": 0.5}}
     assert sorted(p.name for p in (tmp_path / "v1").iterdir()) == [CARD_FILE]  # nothing left
+    assert (tmp_path / "v1" / CARD_FILE).stat().st_mode & 0o777 == 0o644
 
 
-def promote_many(root: str, version: str, times: int) -> None:
+def promote_until(root: str, version: str, start, stop, promotions) -> None:
     store = ModelStore(root=root)
-    for _ in range(times):
+    start.wait()
+    while not stop.is_set():
         store.promote(version)
+        with promotions.get_lock():
+            promotions.value += 1
 
 
 def test_promotions_at_once_leave_a_whole_pointer(tmp_path):
     store = store_with(tmp_path, "20261123-aaaaaaaa", "20261130-bb")
     context = multiprocessing.get_context("spawn")
+    start, stop = context.Barrier(3), context.Event()
+    promotions = context.Value("i", 0)
     writers = [
-        context.Process(target=promote_many, args=(str(tmp_path), version, 300))
+        context.Process(
+            target=promote_until, args=(str(tmp_path), version, start, stop, promotions)
+        )
         for version in store.versions()
     ]
     for writer in writers:
         writer.start()
+    start.wait()  # both writers are ready: they promote at once while this reads
     seen = set()
-    while any(writer.is_alive() for writer in writers):
-        seen.add(store.current_version())  # raises on a half-written pointer
-    for writer in writers:
-        writer.join()
+    try:
+        while promotions.value < 2_000 and all(writer.is_alive() for writer in writers):
+            seen.add(store.current_version())  # raises on a half-written pointer
+    finally:
+        stop.set()
+        for writer in writers:
+            writer.join()
 
     assert all(writer.exitcode == 0 for writer in writers)
-    assert seen <= {None, *store.versions()}
+    assert promotions.value >= 2_000
+    assert seen <= {None, *store.versions()} and len(seen - {None}) == 2
     assert store.current_version() in store.versions()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".{CURRENT_FILE}")]
 

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 import scipy.sparse as sp
 
-from contoso_recs.recommender import baselines, evaluate
+from contoso_recs.recommender import baselines, blend, evaluate
 from contoso_recs.recommender.blend import (
     BlendConfig,
     Signals,
@@ -260,20 +260,22 @@ def test_a_holdout_fits_als_once_for_the_candidates_and_the_task_b_baseline(monk
         segments={},
         categories=np.zeros(len(PRODUCTS), dtype=np.int64),
     )
-    fits = []
     fit = baselines.fit_als
-    monkeypatch.setattr(baselines, "fit_als", lambda *a, **k: fits.append(k) or fit(*a, **k))
+    scores = np.zeros((3, len(PRODUCTS)), dtype=np.float32)
+    expected = candidates(scores, bought, CUTOFF, customers, PRODUCTS)  # fits its own
+    fresh = fit(bought, CUTOFF, customers, PRODUCTS, **evaluate.ALS_PARAMETERS["B"])
+    fits = []
+    counted = lambda *a, **k: fits.append(k) or fit(*a, **k)  # noqa: E731
+    monkeypatch.setattr(baselines, "fit_als", counted)
+    monkeypatch.setattr(blend, "fit_als", counted)  # the name blend imported
 
     lists = evaluate.baseline_lists(bought, test, "B")
-    scores = np.zeros((3, len(PRODUCTS)), dtype=np.float32)
     pool = candidates(scores, bought, CUTOFF, customers, PRODUCTS, als=test.als(bought))
 
     assert fits == [evaluate.ALS_PARAMETERS["B"]]  # one fit, read by both
-    fresh = fit(bought, CUTOFF, customers, PRODUCTS, **evaluate.ALS_PARAMETERS["B"])
     assert lists["als"] == baselines.als(
         bought, CUTOFF, customers, PRODUCTS, 10, test.owned, factors=fresh
     )
-    expected = candidates(scores, bought, CUTOFF, customers, PRODUCTS)
     np.testing.assert_array_equal(pool.features["als"], expected.features["als"])
     evaluate.baseline_lists(bought, test, "A")  # task A's ALS is weighted otherwise: a new fit
     assert fits == [evaluate.ALS_PARAMETERS["B"], evaluate.ALS_PARAMETERS["A"]]

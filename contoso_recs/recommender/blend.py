@@ -116,7 +116,11 @@ class BlendConfig:
 
     def __post_init__(self):
         numbers = {k: v for k, v in asdict(self).items() if k != "allow_repeats"}
-        bad = [k for k, v in numbers.items() if not np.isfinite(v)]
+        bad = [
+            k
+            for k, v in numbers.items()
+            if isinstance(v, bool) or not isinstance(v, int | float) or not np.isfinite(v)
+        ]
         if bad or self.repeat_half_life_days <= 0:
             raise ValueError(
                 f"blend weights must be finite numbers and the half-life positive: {bad or numbers}"

@@ -81,15 +81,17 @@ class Holdout:
     owned: sp.csr_matrix
     segments: dict[int, str]
     categories: np.ndarray
-    _als: dict = field(default_factory=dict, repr=False, compare=False)
+    _als: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def targets(self, task: str) -> dict[int, set[int]]:
         return task_targets(self.bought_in_test, self.bought_before, task)
 
     def als(self, bought: pl.DataFrame, **parameters) -> baselines.AlsFactors:
-        """ALS factors of the test customers (`baselines.fit_als` on `bought`, the purchases
-        this holdout was made from), fit once per parameters: the blend's candidates and the
-        task-B baseline use the same fit, which takes minutes at millions of customers."""
+        """ALS factors of the test customers (`baselines.fit_als` on `bought`, which must be
+        the purchases this holdout was made from: the fit is kept per parameters only), fit
+        once per parameters: the blend's candidates (`fit_als`'s defaults) and the task-B
+        baseline (ALS_PARAMETERS["B"], the same) share it, a fit of minutes at millions of
+        customers."""
         key = tuple(sorted(parameters.items()))
         if key not in self._als:
             self._als[key] = baselines.fit_als(
@@ -407,9 +409,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     frames = read_lake(args.lake, args.versions)
     cutoffs = [as_cutoff(c) for c in args.cutoffs]
-    bought = purchases(frames)
-    for cutoff in cutoffs:
-        if holdout(frames, bought, cutoff).customer_ids.size == 0:
+    bought_at = purchases(frames)["at"]
+    for cutoff in cutoffs:  # a week with no purchase has nothing to test on
+        if not bought_at.is_between(cutoff, cutoff + timedelta(days=7), closed="left").any():
             raise SystemExit(
                 f"no purchases by known customers in the week from {cutoff:%Y-%m-%d}: "
                 "nothing to evaluate on (the lake's orders end before it, or start after it)"

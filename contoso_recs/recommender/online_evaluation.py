@@ -38,8 +38,9 @@ from contoso_recs.recommender.data import (
     purchases,
     read_lake,
 )
-from contoso_recs.recommender.train import TrainedModel, train
+from contoso_recs.recommender.train import TrainedModel, cutoff_date, positive_int, train
 from contoso_recs.recommender.two_tower import TwoTowerConfig
+from contoso_recs.resources.model_store import ModelStore
 from contoso_recs.serving.bundle import Bundle, Policy, read_bundle, write_bundle
 from contoso_recs.serving.contract import ScoreRequest
 from contoso_recs.serving.publish import DEFAULT_POLICY, serving_arrays
@@ -348,7 +349,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lake", required=True)
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--cutoff", help="YYYY-MM-DD (default: the promoted model's cutoff)")
+    parser.add_argument(
+        "--cutoff", type=cutoff_date, help="YYYY-MM-DD (default: the promoted model's cutoff)"
+    )
     parser.add_argument("--task", choices=sorted(TASKS), required=True)
     parser.add_argument("--model-dir", default=None, help="a model trained before the cutoff")
     parser.add_argument(
@@ -362,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", required=True)
     parser.add_argument(
-        "--threads", type=int, default=None, help="CPU threads for PyTorch (default: all cores)"
+        "--threads", type=positive_int, default=None, help="CPU threads for PyTorch (default: all)"
     )
     args = parser.parse_args(argv)
     if args.threads:
@@ -370,10 +373,12 @@ def main(argv: list[str] | None = None) -> int:
 
     model_dir = Path(args.model_dir) if args.model_dir else None
     if args.promoted_from:
-        store = Path(args.promoted_from)
-        version = json.loads((store / "current.json").read_text())["version"]
-        model_dir = store / version
-        args.cutoff = json.loads((model_dir / "model_card.json").read_text())["cutoff"]
+        store = ModelStore(root=args.promoted_from)
+        version = store.current_version()
+        if version is None:
+            parser.error(f"no promoted model in {args.promoted_from}")
+        model_dir = store.version_dir(version)
+        args.cutoff = store.card(version)["cutoff"]
     if not args.cutoff:
         parser.error("give --cutoff or --promoted-from")
     cutoff = as_cutoff(args.cutoff)

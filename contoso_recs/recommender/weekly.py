@@ -262,7 +262,9 @@ class WeeklyScorer:
         )
 
     def _reasons(self, pool, slots: np.ndarray, has_history: np.ndarray) -> np.ndarray:
-        """Index into REASONS per chosen slot: the score term that lifted the product most.
+        """Index into REASONS per chosen slot: the score term that lifted the product most,
+        among the terms the rule weighs that gave the product something (`popular_now` when
+        none did).
 
         A term's lift is its value for the product minus its median over the candidates the
         customer may be shown, so a term that is large for every candidate (popularity) does

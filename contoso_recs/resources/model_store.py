@@ -1,12 +1,12 @@
 """The model store: every trained model kept as a version, and which one is promoted."""
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+
+from contoso_recs.files import write_text_atomically
 
 CURRENT_FILE = "current.json"
 CARD_FILE = "model_card.json"
@@ -29,7 +29,7 @@ class ModelStore(dg.ConfigurableResource):
         """What a model version is: metrics, parameters, and the lake versions it was built on."""
         path = self.version_dir(version) / CARD_FILE
         path.parent.mkdir(parents=True, exist_ok=True)
-        return _write_atomically(path, json.dumps(card, indent=2, sort_keys=True, default=str))
+        return write_text_atomically(path, json.dumps(card, indent=2, sort_keys=True, default=str))
 
     def card(self, version: str) -> dict[str, Any]:
         return json.loads((self.version_dir(version) / CARD_FILE).read_text())
@@ -55,23 +55,10 @@ class ModelStore(dg.ConfigurableResource):
     def promote(self, version: str) -> None:
         if not (self.version_dir(version) / CARD_FILE).exists():
             raise ValueError(f"model version {version} is not in the store at {self.root}")
-        _write_atomically(Path(self.root) / CURRENT_FILE, json.dumps({"version": version}))
+        write_text_atomically(Path(self.root) / CURRENT_FILE, json.dumps({"version": version}))
 
     def versions(self) -> list[str]:
         root = Path(self.root)
         if not root.exists():
             return []
         return sorted(p.name for p in root.iterdir() if (p / CARD_FILE).exists())
-
-
-def _write_atomically(path: Path, text: str) -> Path:
-    """Write `text` to a file of this call's own beside `path`, then rename it over `path`."""
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
-    return path

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from contoso_recs.files import write_text_atomically
+
 MANIFEST = "manifest.json"
 POINTER = "current.json"
 FORMAT = 1
@@ -179,10 +181,8 @@ def publish(root: str | Path, bundle_dir: str | Path, model_version: str) -> Pat
     root = Path(root)
     pointer = root / POINTER
     relative = Path(bundle_dir).resolve().relative_to(root.resolve())
-    staging = root / f".{POINTER}.{os.getpid()}.tmp"
-    staging.write_text(json.dumps({"model_version": model_version, "bundle": str(relative)}))
-    os.replace(staging, pointer)
-    return pointer
+    content = {"model_version": model_version, "bundle": str(relative)}
+    return write_text_atomically(pointer, json.dumps(content))
 
 
 def live_bundle_dir(model_dir: str | Path) -> Path:

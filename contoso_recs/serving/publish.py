@@ -32,6 +32,7 @@ from contoso_recs.recommender.data import (
 )
 from contoso_recs.recommender.encoding import product_positions
 from contoso_recs.recommender.train import TrainedModel
+from contoso_recs.resources.model_store import ModelStore
 from contoso_recs.serving.bundle import MANIFEST, POINTER, Policy, publish, write_bundle
 
 log = logging.getLogger(__name__)
@@ -192,11 +193,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     data = Path(args.data_dir)
-    pointer = data / "models" / "current.json"
-    if not pointer.exists():
+    version = ModelStore(root=str(data / "models")).current_version()
+    if version is None:
         log.error("no promoted model under %s: run `make demo` first", data / "models")
         return 1
-    version = json.loads(pointer.read_text())["version"]
     serving_root = data / SERVING_DIR
     if args.if_stale and live_version(serving_root) == version:
         log.info("serving bundle of model %s is already live", version)
