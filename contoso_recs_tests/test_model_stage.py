@@ -271,3 +271,10 @@ def test_the_evaluation_command_stops_before_training_on_a_week_without_purchase
     assert f"--out {not_a_folder}" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="no purchases by known customers in the week from 2030"):
         evaluate.main([*command, "--out", str(tmp_path / "out")])
+
+
+def test_a_candidate_config_with_no_epoch_or_thread_is_refused():
+    for wrong in ({"epochs": 0}, {"threads": 0}):
+        with pytest.raises(ValueError, match="greater than or equal to 1"):
+            assets.CandidateConfig(**wrong)
+    assert assets.CandidateConfig(epochs=1, threads=1).epochs == 1
