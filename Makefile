@@ -81,8 +81,10 @@ format: setup
 ## The evaluation on The Complete Journey at two cutoffs: reports/evaluation.{md,json,png} and
 ## reports/evaluation_details.json (segments, intervals, blend weights);
 ## real-time recommendations offline: reports/evaluation_online.{md,json}.
-## One PyTorch thread, so the committed figures reproduce exactly (more threads sum gradients in
-## another order: the models differ a little, task-B HR@5 by up to .007).
+## One PyTorch thread, so a rerun on the same installed packages reproduces the figures exactly
+## (more threads sum gradients in another order: the models differ a little, task-B HR@5 by up
+## to .007). A fresh install can move them as much: the reports of 2026-12-05 moved by up to .007
+## HR@5 from the day before's with no change to the training code.
 evaluate: setup
 	$(PY) -m contoso_recs.cli demo --dataset completejourney --skip-training \
 		--data-dir $(CURDIR)/data/completejourney
