@@ -16,10 +16,10 @@ export DAGSTER_HOME ?= $(CONTOSO_RECS_DATA_DIR)/dagster_home
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
 
 ## The online endpoint's own environment: the Azure ML inference server pins older libraries.
@@ -101,7 +101,7 @@ evaluate: setup
 ## Benchmarks at full scale (training: demo-scale lake, also with a 2M-row customer table);
 ## figures go to reports/benchmarks.{md,json}.
 bench: setup serving-setup
-	$(VENV)/bin/pip install --quiet -e '.[dev,bench]'
+	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev,bench]'
 	$(PY) -m benchmarks.run
 	$(PY) -m benchmarks.batch_scoring
 	$(PY) -m benchmarks.weekly_table
