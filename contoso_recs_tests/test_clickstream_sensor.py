@@ -370,3 +370,16 @@ def test_a_requested_range_runs_the_clickstream_job_and_loads_its_views(
             "landed_hour": "2026-11-20-11:00",
         },
     ]
+
+
+def test_a_file_outside_a_zero_padded_hour_folder_is_not_requested(tick, landing_root) -> None:
+    # the load reads `2026/11/25/07/`: a file in `2026/11/25/7/` would be requested, then
+    # never read, and its hour marked done with nothing loaded
+    folder = landing_root / "clickstream" / "2026" / "11" / "25" / "7"
+    folder.mkdir(parents=True)
+    (folder / "part-0000.jsonl").write_text("{}\n", encoding="utf-8")
+    land(landing_root, "2026-11-25-08:00")
+
+    outcome = tick()
+
+    assert requested_spans(outcome) == [("2026-11-25-08:00", "2026-11-25-08:00")]

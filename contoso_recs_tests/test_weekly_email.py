@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime
 import dagster as dg
 import polars as pl
 import pytest
-from dagster._core.test_utils import freeze_time
+from dagster._core.test_utils import create_run_for_test, freeze_time
 
 from contoso_recs.automation.weekly import (
     RETRAIN_RUN_TAG,
@@ -23,7 +23,7 @@ from contoso_recs.main_job import demo
 from contoso_recs.model import gate
 from contoso_recs.model.assets import CANDIDATE, EVALUATION, PROMOTED
 from contoso_recs.recommender import evaluate, learned
-from contoso_recs.weekly_email.assets import TABLE, WEEKLY_TOP5, freshness_checks
+from contoso_recs.weekly_email.assets import TABLE, WEEKLY_TOP5, freshness_checks, table_checks
 from contoso_recs_tests.conftest import materialization
 from contoso_recs_tests.test_model_stage import far_better_blend
 
@@ -261,3 +261,29 @@ def test_a_backtest_leaves_the_live_instance_model_and_serving_bundle_alone(tmp_
     assert table["week"].unique().to_list() == [date(2026, 11, 23)]
     assert set(table["model_version"]) == {promoted}
     assert f"Open the UI on it with `make ui DAGSTER_HOME={apart / 'dagster_home'}`" in said[-1]
+
+
+def test_a_cancelled_retraining_still_gets_the_weeks_table(instance):
+    run = create_run_for_test(
+        instance,
+        job_name=weekly_retrain_job.name,
+        status=dg.DagsterRunStatus.STARTED,
+        tags={WEEK_TAG: WEEK},
+    )
+    instance.report_run_canceled(run)  # what Terminate in the UI does
+
+    context = dg.build_sensor_context(instance=instance)
+    requests = list(weekly_email_sensor(context) or [])
+
+    assert [(r.partition_key, r.tags[RETRAIN_RUN_TAG]) for r in requests] == [(WEEK, run.run_id)]
+
+
+def test_a_row_without_a_product_fails_the_products_on_sale_check():
+    written = pl.DataFrame(
+        {"customer_id": [10] * 5, "product_id": [1, 2, 3, 4, None]},
+        schema={"customer_id": pl.Int64, "product_id": pl.Int64},
+    )
+    results = {r.check_name: r for r in table_checks(written, [10], pl.Series([1, 2, 3, 4, 5]))}
+
+    assert not results["products_on_sale"].passed
+    assert results["products_on_sale"].metadata["rows_off_sale"].value == 1

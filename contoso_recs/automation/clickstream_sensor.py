@@ -12,7 +12,12 @@ from dagster._core.storage.tags import (
 )
 
 from contoso_recs.automation.jobs import clickstream_job
-from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandedFile, LandingZone
+from contoso_recs.resources.landing import (
+    CLICKSTREAM_CONTAINER,
+    LandedFile,
+    LandingZone,
+    clickstream_hour_prefix,
+)
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS, PARTITION_FORMAT
 
 # A first tick over months of landed files asks for a few long runs, not one run per hour.
@@ -22,18 +27,26 @@ MAX_RUNS_PER_TICK = 4
 CURSOR_RETENTION = timedelta(days=14)
 
 
+def hour_of(path: str) -> str | None:
+    """The hour (partition key) whose folder holds a landed file, or None when the file is not
+    in an hour's folder exactly as the load reads it (`YYYY/MM/DD/HH/`, zero-padded)."""
+    parts = path.split("/")
+    if len(parts) < 5:
+        return None
+    folder = "/".join(parts[:4])
+    try:
+        hour = datetime.strptime(folder, "%Y/%m/%d/%H")
+    except ValueError:
+        return None
+    return hour.strftime(PARTITION_FORMAT) if clickstream_hour_prefix(hour) == folder else None
+
+
 def hour_fingerprints(files: list[LandedFile]) -> dict[str, str]:
     """One fingerprint per landed hour (partition key), changing whenever a file of it does."""
     by_hour: dict[str, list[str]] = defaultdict(list)
     for file in files:
-        parts = file.path.split("/")
-        if len(parts) < 5:
-            continue
-        try:
-            hour = datetime.strptime("/".join(parts[:4]), "%Y/%m/%d/%H")
-        except ValueError:
-            continue
-        by_hour[hour.strftime(PARTITION_FORMAT)].append(file.fingerprint)
+        if (hour := hour_of(file.path)) is not None:
+            by_hour[hour].append(file.fingerprint)
     return {
         key: hashlib.sha1("\n".join(sorted(prints)).encode()).hexdigest()[:16]
         for key, prints in by_hour.items()
@@ -85,7 +98,14 @@ def clickstream_sensor(
     settled_before: str = cursor.get("settled_before", "")
     now = datetime.now(UTC)
     available = set(HOURLY_PARTITIONS.get_partition_keys(current_time=now))
-    fingerprints = hour_fingerprints(landing_zone.list_files(CLICKSTREAM_CONTAINER))
+    files = landing_zone.list_files(CLICKSTREAM_CONTAINER)
+    misplaced = sorted(f.path for f in files if hour_of(f.path) is None)
+    if misplaced:
+        context.log.warning(
+            f"{len(misplaced)} clickstream files are not in an hour's folder (YYYY/MM/DD/HH/, "
+            f"zero-padded) and are not loaded, e.g. {', '.join(misplaced[:3])}"
+        )
+    fingerprints = hour_fingerprints(files)
     changed = sorted(
         key
         for key, fingerprint in fingerprints.items()

@@ -203,14 +203,15 @@ def table_checks(written: pl.DataFrame, customers, on_sale: pl.Series):
         passed=duplicates.is_empty(),
         metadata={"duplicate_pairs": dg.MetadataValue.int(duplicates.height)},
     )
-    off_sale = written.filter(~pl.col("product_id").is_in(on_sale.implode()))
+    # a row without a product is off sale too (is_in gives null for it, which filter drops)
+    off_sale = written.filter(~pl.col("product_id").is_in(on_sale.implode()).fill_null(False))
     yield dg.AssetCheckResult(
         check_name="products_on_sale",
         passed=off_sale.is_empty(),
         metadata={
             "rows_off_sale": dg.MetadataValue.int(off_sale.height),
             "products_off_sale": dg.MetadataValue.json(
-                sorted(off_sale["product_id"].unique().to_list())[:20]
+                sorted(off_sale["product_id"].drop_nulls().unique().to_list())[:20]
             ),
         },
     )
