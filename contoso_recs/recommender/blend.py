@@ -381,6 +381,11 @@ def _preferences(als: AlsFactors, rows: np.ndarray, pool: np.ndarray) -> np.ndar
     return np.where((pool >= 0) & als.sold[safe], preference, 0.0).astype(np.float32)
 
 
+def term_weight(config: BlendConfig, term: str) -> float:
+    """The weight a blend gives the term `term` of `contributions`."""
+    return getattr(config, EXTRA_FEATURES.get(term, f"{term}_weight"))
+
+
 def contributions(pool: Candidates, config: BlendConfig) -> dict[str, np.ndarray]:
     """Each term of the blend score per candidate slot, by name: model, repeat, popularity,
     category and the EXTRA_FEATURES (a product the model cannot score gets -inf)."""
@@ -396,8 +401,8 @@ def contributions(pool: Candidates, config: BlendConfig) -> dict[str, np.ndarray
         "popularity": config.popularity_weight * pool.popularity,
         "category": config.category_weight * pool.category,
     }
-    for name, weight_name in EXTRA_FEATURES.items():
-        weight = getattr(config, weight_name)
+    for name in EXTRA_FEATURES:
+        weight = term_weight(config, name)
         if weight and name not in pool.features:
             raise ValueError(f"the blend weighs {name!r} but the candidate pool has no such signal")
         if weight:

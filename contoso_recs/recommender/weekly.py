@@ -35,12 +35,12 @@ import polars as pl
 
 from contoso_recs.recommender import batch_scoring
 from contoso_recs.recommender.blend import (
-    EXTRA_FEATURES,
     MODEL_CANDIDATES,
     BlendConfig,
     Rule,
     Signals,
     contributions,
+    term_weight,
 )
 from contoso_recs.recommender.data import (
     LakeFrames,
@@ -274,7 +274,7 @@ class WeeklyScorer:
         terms = {
             name: term
             for name, term in contributions(pool, self.weights).items()
-            if getattr(self.weights, EXTRA_FEATURES.get(name, f"{name}_weight"))
+            if term_weight(self.weights, name)
         }
         shown = pool.positions >= 0  # the candidates the customer may be shown
         if not self.config.allow_repeats:
