@@ -1,5 +1,7 @@
 """The model stage: training through Pipes, evaluation, the blocking promotion gate."""
 
+from datetime import timedelta
+
 import dagster as dg
 import pytest
 
@@ -14,6 +16,7 @@ from contoso_recs.recommender.blend import SHIPPED_BLENDS
 from contoso_recs.recommender.data import as_cutoff, purchases, read_lake
 from contoso_recs.recommender.metrics import evaluate_task
 from contoso_recs.recommender.train import TrainedModel
+from contoso_recs.recommender.two_tower import TwoTowerConfig
 from contoso_recs_tests.conftest import materialization
 
 
@@ -256,6 +259,76 @@ def test_evaluation_fits_the_learned_rule_on_the_holdout_week_beside_the_model(
     assert again.success
     assert materialization(again, "model", "evaluation")["learned_rule_customers"] == 0
     assert learned.LearnedRule.load(store.version_dir(version), SHIPPED_BLENDS["A"]) is None
+
+
+def test_a_retrain_learns_its_rule_from_the_earlier_weeks_kept_beside_earlier_models(
+    tiny_lake, instance, monkeypatch
+):
+    monkeypatch.setattr(learned, "MIN_CUSTOMERS", 5)
+    monkeypatch.setattr(gate, "gate_failures", lambda candidate, promoted: [])
+    store = local_resources(tiny_lake)["model_store"]
+    latest = assets.default_cutoff(local_resources(tiny_lake)["lake"])
+    earlier = latest - timedelta(days=7)
+
+    first = train_and_promote(tiny_lake, instance, cutoff=earlier.isoformat())
+    second = train_and_promote(tiny_lake, instance, cutoff=latest.isoformat())
+
+    kept = {
+        week: learned.WeekRows.load(store.version_dir(version))
+        for week, result in ((earlier, first), (latest, second))
+        if (version := materialization(result, "model", "two_tower_candidate")["model_version"])
+    }
+    assert {w: rows.week for w, rows in kept.items()} == {w: w.isoformat() for w in kept}
+    figures = materialization(second, "model", "evaluation")
+    assert figures["learned_rule_weeks"] == f"{earlier.isoformat()}, {latest.isoformat()}"
+    assert figures["learned_rule_customers"] == sum(rows.customers for rows in kept.values())
+    # the earlier model's rule never learned from the later week, though it is in the store now
+    first_weeks = materialization(first, "model", "evaluation")["learned_rule_weeks"]
+    assert first_weeks.split(", ")[-1] == earlier.isoformat()
+
+
+def test_make_evaluate_fits_the_shipped_rule_on_four_weeks_each_scored_by_an_earlier_model(
+    tiny_lake, monkeypatch
+):
+    monkeypatch.setattr(learned, "MIN_CUSTOMERS", 5)
+    trained_before, weeks, tuned_on, fit_on = [], [], [], []
+    train, holdout, tune_weeks = evaluate.train, evaluate.holdout, blend.tune_weeks
+    fit_rows = learned.fit_rows
+
+    def recorded_fit(rows, explain, threads=None):
+        fit_on.append(rows)
+        return fit_rows(rows, explain, threads)
+
+    def recorded_train(frames, cutoff, config):
+        trained_before.append(cutoff)
+        return train(frames, cutoff, config)
+
+    def recorded_holdout(frames, bought, cutoff):
+        weeks.append(holdout(frames, bought, cutoff))
+        return weeks[-1]
+
+    def recorded_tuning(pools, allow_repeats):
+        tuned_on.append(len(pools))
+        return tune_weeks(pools, allow_repeats=allow_repeats)
+
+    monkeypatch.setattr(evaluate, "train", recorded_train)
+    monkeypatch.setattr(evaluate, "holdout", recorded_holdout)
+    monkeypatch.setattr(blend, "tune_weeks", recorded_tuning)
+    monkeypatch.setattr(learned, "fit_rows", recorded_fit)
+    frames = read_lake(local_resources(tiny_lake)["lake"].root_uri)
+    cutoff = as_cutoff(assets.default_cutoff(local_resources(tiny_lake)["lake"]))
+
+    rules = evaluate.tuned_blends(frames, purchases(frames), cutoff, TwoTowerConfig(epochs=1))
+
+    days = [(cutoff - week.cutoff).days for week in weeks]
+    assert days == [28, 21, 14, 7]
+    assert [(cutoff - before).days for before in trained_before] == [28, 14]
+    assert tuned_on == [2, 2]  # the tuned weights (`blend`): the two latest weeks, per task
+    rule = rules["shipped_blend"]["A"]
+    assert isinstance(rule, learned.LearnedRule)
+    assert len(fit_on) == 1 and len(fit_on[0]) == 4
+    assert rule.customers == sum(rows.customers for rows in fit_on[0])
+    assert all(rows.customers > 0 for rows in fit_on[0])
 
 
 def test_the_evaluation_command_stops_before_training_on_a_week_without_purchases(

@@ -155,6 +155,70 @@ def test_a_damaged_or_foreign_rule_file_is_refused_with_its_path(tmp_path):
         learned.LearnedRule.load(tmp_path, SHIPPED_BLENDS["A"])
 
 
+def week_rows(customers: int, seed: int, week: str) -> learned.WeekRows:
+    pool = pool_of(customers, seed=seed, first_customer=seed * 10_000)
+    return learned.WeekRows.of(pool, due_buyers(pool), SHIPPED_BLENDS["A"], week)
+
+
+def test_a_week_too_small_to_learn_from_learns_with_earlier_weeks_kept_beside_models(tmp_path):
+    small = week_rows(learned.MIN_CUSTOMERS // 2, seed=11, week="2026-11-23")
+    assert learned.fit_rows([small], SHIPPED_BLENDS["A"], threads=1) is None
+
+    (tmp_path / "v1").mkdir()
+    week_rows(400, seed=12, week="2026-11-16").save(tmp_path / "v1")
+    kept = learned.WeekRows.load(tmp_path / "v1")
+    rule = learned.fit_rows([small, kept], SHIPPED_BLENDS["A"], threads=1)
+    assert rule.customers == small.customers + kept.customers
+
+    fresh = pool_of(300, seed=13, first_customer=100_000)
+    week = ValidationWeek.of(fresh, due_buyers(fresh))
+    assert week.ndcg(rule) > 0.9 > 0.6 > week.ndcg(SHIPPED_BLENDS["A"])
+
+
+def test_the_earlier_weeks_are_the_latest_before_the_week_one_retrain_each():
+    def rows(week: str, seed: int) -> learned.WeekRows:
+        return week_rows(120, seed=seed, week=week)
+
+    kept = [
+        rows("2026-10-26", 1),
+        rows("2026-11-09", 2),
+        rows("2026-11-02", 3),
+        rows("2026-11-09", 4),  # a later retrain on the same week
+        rows("2026-11-16", 5),
+        rows("2026-11-23", 6),  # the week being fit: not an earlier week
+        rows("2026-11-30", 7),  # after it (a backtest of a later week)
+    ]
+    earlier = learned.latest_earlier_weeks(kept, "2026-11-23")
+    assert [w.week for w in earlier] == ["2026-11-16", "2026-11-09", "2026-11-02"]
+    assert len(earlier) == learned.RULE_WEEKS - 1
+    assert earlier[1] is kept[3]
+
+
+def test_kept_rows_are_capped_whole_customers_and_refused_when_unreadable(tmp_path, monkeypatch):
+    rows = week_rows(300, seed=21, week="2026-11-16")
+    monkeypatch.setattr(learned, "KEPT_CUSTOMERS", 50)
+    path = rows.save(tmp_path)
+    kept = learned.WeekRows.load(tmp_path)
+    assert kept.week == "2026-11-16" and kept.customers == 50
+    assert len(kept.x) == len(kept.labels) == kept.groups.sum()
+    # whole customers: each group holds a bought product, as every customer's rows do
+    ends = np.cumsum(kept.groups)
+    assert all(
+        kept.labels[end - size : end].any() for end, size in zip(ends, kept.groups, strict=True)
+    )
+    assert {tuple(r) for r in kept.x} <= {tuple(r) for r in rows.x}
+
+    content = path.read_bytes()
+    path.write_bytes(content[: len(content) // 2])  # cut short
+    assert learned.WeekRows.load(tmp_path) is None
+    monkeypatch.setattr(learned, "FEATURES", (*learned.FEATURES[:-1], "cosine"))
+    path.write_bytes(content)  # whole, but written for other signals
+    assert learned.WeekRows.load(tmp_path) is None
+    monkeypatch.undo()
+    assert learned.WeekRows.load(tmp_path).customers == 50
+    assert learned.WeekRows.load(tmp_path / "elsewhere") is None
+
+
 @pytest.fixture(scope="module")
 def lake():
     return weekly_lake()

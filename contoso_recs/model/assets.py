@@ -165,6 +165,7 @@ def evaluation(
         model_store.version_dir(version),
         date.fromisoformat(card["cutoff"]),
         card["lake_versions"],
+        earlier=[model_store.version_dir(v) for v in model_store.versions() if v != version],
     )
     chart = model_store.version_dir(version) / "evaluation.png"
     write_chart({"lake": {card["cutoff"]: results}}, chart)
@@ -185,11 +186,14 @@ def evaluation(
         for metric, value in figures.items()
     }
     learned_on = int(results.get("learned_rule_customers", 0))
+    learned_weeks = results.get("learned_rule_weeks", [])
     context.log.info(
         f"model {version}: blend task A hr@5 {results['A']['blend']['hr@5']:.3f}, "
         f"task B hr@5 {results['B']['blend']['hr@5']:.3f}; task A ranked by "
         + (
-            f"a rule learned on {learned_on} customers of the holdout week (figures cross-fitted)"
+            f"a rule learned on {learned_on} customers of {len(learned_weeks)} weeks from "
+            f"{learned_weeks[0] if learned_weeks else ''} (figures cross-fitted on the holdout "
+            "week alone)"
             if learned_on
             else "the shipped weights (too few customers on the holdout week to learn a rule)"
         )
@@ -210,6 +214,7 @@ def evaluation(
             "model_version": dg.MetadataValue.text(version),
             "test_customers": dg.MetadataValue.int(int(results.get("test_customers", 0))),
             "learned_rule_customers": dg.MetadataValue.int(learned_on),
+            "learned_rule_weeks": dg.MetadataValue.text(", ".join(learned_weeks)),
             "report": dg.MetadataValue.md(evaluation_markdown(results, chart)),
             **metrics,
         }

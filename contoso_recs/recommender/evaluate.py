@@ -12,6 +12,7 @@ import argparse
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -170,23 +171,26 @@ def model_pool(
 def tuned_blends(
     frames: LakeFrames, bought: pl.DataFrame, cutoff: datetime, config: TwoTowerConfig
 ) -> dict[str, dict[str, blend.Rule]]:
-    """The rules of `blend` and `shipped_blend` per task, fit on the VALIDATION_WEEKS weeks
-    before the cutoff: `blend` the weights tuned there, `shipped_blend` what the weekly table
-    does (task A: the learned rule fit there; task B: the shipped weights).
+    """The rules of `blend` and `shipped_blend` per task: `blend` the weights tuned on the
+    VALIDATION_WEEKS weeks before the cutoff, `shipped_blend` what the weekly table does (task
+    A: the learned rule fit on the learned.RULE_WEEKS weeks before the cutoff; task B: the
+    shipped weights).
 
-    One model is trained before the first of those weeks and scores each of them (customers as
-    of the week's start), so no week they are fit on was seen in training, and the last week
-    ends at the cutoff.
+    Every VALIDATION_WEEKS weeks are scored by a model trained before the first of them
+    (customers as of each week's start), so no week a rule is fit on was seen in training,
+    as a weekly retrain's rule learns from each earlier week as scored by that week's model.
     """
-    first = cutoff - timedelta(days=7 * VALIDATION_WEEKS)
-    trained = train(frames, first, config)
     weeks = []
-    for week in range(VALIDATION_WEEKS):
-        validation = holdout(frames, bought, first + timedelta(days=7 * week))
-        weeks.append((validation, model_pool(trained, frames, bought, validation)[1]))
+    for block in range(learned.RULE_WEEKS // VALIDATION_WEEKS, 0, -1):
+        first = cutoff - timedelta(days=7 * VALIDATION_WEEKS * block)
+        trained = train(frames, first, config)
+        for week in range(VALIDATION_WEEKS):
+            validation = holdout(frames, bought, first + timedelta(days=7 * week))
+            weeks.append((validation, model_pool(trained, frames, bought, validation)[1]))
+    latest = weeks[-VALIDATION_WEEKS:]
     tuned = {
         task: blend.tune_weeks(
-            [(pool, validation.targets(task)) for validation, pool in weeks],
+            [(pool, validation.targets(task)) for validation, pool in latest],
             allow_repeats=task == "A",
         )[0]
         for task in TASKS
@@ -296,9 +300,13 @@ def evaluate_bundle(
     bundle_dir: str | Path,
     cutoff: str | date | datetime,
     versions: dict[str, int] | None = None,
+    earlier: Sequence[str | Path] = (),
 ) -> dict:
     """Evaluate a saved model bundle on the week from `cutoff`, reading pinned lake versions,
-    and fit its learned blend rule on that week (saved in `bundle_dir`, last).
+    and fit its learned blend rule (saved in `bundle_dir`, last) on that week and on up to
+    learned.RULE_WEEKS - 1 earlier weeks kept beside the `earlier` bundles (other versions of
+    the model store; the latest of each earlier week counts). The week's own rows are kept
+    beside this bundle for later retrains.
 
     The week is one the model never saw, so the rule learns how its signals predict unseen
     purchases. The `blend` figures of task A are cross-fitted (`shipped_on_week`): each
@@ -309,14 +317,20 @@ def evaluate_bundle(
     bought, test, scores, pool = saved_model_week(lake_root, bundle_dir, cutoff, versions)
     shipped = shipped_on_week(pool, test)
     result = evaluate_pool(bought, test, scores, pool, {"blend": shipped})
-    rule = None
+    explain = blend.SHIPPED_BLENDS["A"]
+    week = learned.WeekRows.of(pool, test.targets("A"), explain, f"{test.cutoff:%Y-%m-%d}")
+    week.save(bundle_dir)
+    rule, weeks = None, []
     if isinstance(shipped["A"], learned.CrossFitted):
-        rule = learned.fit([(pool, test.targets("A"))], blend.SHIPPED_BLENDS["A"])
+        kept = [rows for path in earlier if (rows := learned.WeekRows.load(path)) is not None]
+        weeks = [week, *learned.latest_earlier_weeks(kept, week.week)]
+        rule = learned.fit_rows(weeks, explain)
     if rule is None:
         (Path(bundle_dir) / learned.FILE).unlink(missing_ok=True)
     else:
         rule.save(bundle_dir)
     result["learned_rule_customers"] = rule.customers if rule else 0
+    result["learned_rule_weeks"] = sorted(w.week for w in weeks) if rule else []
     return result
 
 

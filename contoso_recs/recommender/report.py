@@ -59,7 +59,8 @@ def markdown(results: dict, chart_name: str) -> str:
         "(task B: those with a product new to them). `blend`: weights tuned on the two "
         "weeks before the cutoff, scored by a model trained before them. `shipped_blend`: how "
         "the weekly top-5 table and the promotion gate rank, on the same candidates: task A by "
-        "the learned rule (a LambdaRank model over the same signals) fit on those two weeks, "
+        "the learned rule (a LambdaRank model over the same signals) fit on the four weeks "
+        "before the cutoff (the two earlier ones scored by a model trained before them), "
         "task B by the shipped weights. Under each task's table: 95% bootstrap intervals over "
         "its test customers.",
         "",
