@@ -57,7 +57,7 @@ backtest: setup
 ## The Dagster UI on http://127.0.0.1:$(UI_PORT) (3000 unless given) over the demo's instance.
 UI_PORT ?= 3000
 ui: setup
-	mkdir -p $(abspath $(DAGSTER_HOME))
+	$(PY) -c 'import sys; from contoso_recs.main_job import instance_config; instance_config(sys.argv[1])' $(abspath $(DAGSTER_HOME))
 	DAGSTER_HOME=$(abspath $(DAGSTER_HOME)) $(VENV)/bin/dagster dev -h 127.0.0.1 -p $(UI_PORT) -w workspace.yaml
 
 ## Real-time recommendations on http://127.0.0.1:$(PORT)/score from the promoted model

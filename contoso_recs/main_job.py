@@ -51,6 +51,18 @@ DEMO_TRAINING = {"epochs": 2}
 BACKTEST_HISTORY_DAYS = 28
 
 
+# Run retries on, none by default: the source loads ask for theirs (jobs.RETRIED_LOAD); the
+# daemon of `make ui` (dagster dev) starts them.
+INSTANCE_CONFIG = """telemetry:
+  enabled: false
+nux:
+  enabled: false
+run_retries:
+  enabled: true
+  max_retries: 0
+"""
+
+
 @dataclass(frozen=True)
 class StepOutcome:
     job: str
@@ -59,12 +71,18 @@ class StepOutcome:
     partitions: str = ""
 
 
+def instance_config(dagster_home: str | Path) -> Path:
+    """The local instance's dagster.yaml (INSTANCE_CONFIG), written when it has none."""
+    config = Path(dagster_home) / "dagster.yaml"
+    config.parent.mkdir(parents=True, exist_ok=True)
+    if not config.exists():
+        config.write_text(INSTANCE_CONFIG)
+    return config
+
+
 def local_instance(dagster_home: Path) -> dg.DagsterInstance:
     """The persistent local instance the UI (`make ui`) reads as well."""
-    dagster_home.mkdir(parents=True, exist_ok=True)
-    config = dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text("telemetry:\n  enabled: false\nnux:\n  enabled: false\n")
+    instance_config(dagster_home)
     os.environ["DAGSTER_HOME"] = str(dagster_home)
     return dg.DagsterInstance.get()
 

@@ -21,10 +21,12 @@ from contoso_recs.automation.clickstream_sensor import (
     MAX_RUNS_PER_TICK,
     clickstream_sensor,
 )
+from contoso_recs.automation.jobs import LOAD_RETRIES
 from contoso_recs.definitions import defs
 from contoso_recs.demo_data.layout import clickstream_root
 from contoso_recs.environment import local_resources
 from contoso_recs.lake import keys
+from contoso_recs.main_job import local_instance
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import LocalLandingZone
 from contoso_recs.settings import DATA_DIR_ENV_VAR, ENVIRONMENT_ENV_VAR
@@ -370,6 +372,46 @@ def test_a_requested_range_runs_the_clickstream_job_and_loads_its_views(
             "landed_hour": "2026-11-20-11:00",
         },
     ]
+
+
+class UnreachableLandingZone(LocalLandingZone):
+    """Files are listed, but reading one times out, as when Blob Storage throttles."""
+
+    def read_bytes(self, container: str, path: str) -> bytes:
+        raise TimeoutError(f"reading {container}/{path} timed out")
+
+
+def test_a_failed_hourly_load_is_marked_for_retry_by_the_local_instance(
+    tmp_path, monkeypatch
+) -> None:
+    """The product's own instance (its dagster.yaml) and job tags, not a test instance: the
+    daemon of `make ui` re-executes the runs this marks. The daemon itself is Dagster's."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # restored after the test
+    resources = {
+        **local_resources(data_dir),
+        "landing_zone": UnreachableLandingZone(root=str(clickstream_root(data_dir).parent)),
+    }
+    land(clickstream_root(data_dir).parent, "2026-11-20-10:00")
+    job = defs().resolve_job_def("clickstream_hourly")
+
+    def failed_run_tags(instance: dg.DagsterInstance) -> dict[str, str]:
+        run = job.execute_in_process(
+            instance=instance,
+            partition_key="2026-11-20-10:00",
+            resources=resources,
+            raise_on_error=False,
+        )
+        assert not run.success
+        return instance.get_run_by_id(run.run_id).tags
+
+    with local_instance(tmp_path / "dagster_home") as instance:
+        tags = failed_run_tags(instance)
+    assert tags["dagster/max_retries"] == str(LOAD_RETRIES)
+    assert tags["dagster/will_retry"] == "true"
+
+    with dg.instance_for_test() as instance:  # an instance without run retries: none marked
+        assert "dagster/will_retry" not in failed_run_tags(instance)
 
 
 def test_a_file_outside_a_zero_padded_hour_folder_is_not_requested(tick, landing_root) -> None:

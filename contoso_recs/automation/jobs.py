@@ -17,10 +17,19 @@ LAKE_REFRESH_ASSETS = (
     keys.PRODUCT_IMAGE_FEATURES,
 )
 
+# A failed load of the sources is run again by the instance, from the step that failed, up to
+# LOAD_RETRIES times (Dagster run retries: the local instance turns them on in its dagster.yaml,
+# `main_job.local_instance`; Dagster+ has them on), so a timeout or throttling of Azure SQL, Blob
+# Storage or Dataverse does not leave an hour of product views unloaded until someone notices.
+# Loads are idempotent (MERGE, or replacing the hours' partitions), so running one again is safe.
+LOAD_RETRIES = 3
+RETRIED_LOAD = {"dagster/max_retries": str(LOAD_RETRIES)}
+
 lake_refresh_job = dg.define_asset_job(
     "lake_refresh",
     selection=dg.AssetSelection.assets(*LAKE_REFRESH_ASSETS),
     description="Bring products, orders, customers and product images up to date in the lake.",
+    tags=RETRIED_LOAD,
 )
 
 clickstream_job = dg.define_asset_job(
@@ -28,6 +37,7 @@ clickstream_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(keys.PRODUCT_VIEWS),
     partitions_def=HOURLY_PARTITIONS,
     description="Load the product views of one hour (or a range of hours, as one run).",
+    tags=RETRIED_LOAD,
 )
 
 train_and_promote_job = dg.define_asset_job(
