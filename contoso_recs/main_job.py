@@ -62,6 +62,10 @@ run_retries:
   max_retries: 0
 """
 
+# Runs made here run in this process, which the instance's daemon cannot start again: they are
+# not marked for retry (the report says what failed, and the command can be run again).
+NOT_RETRIED = {"dagster/max_retries": "0"}
+
 
 @dataclass(frozen=True)
 class StepOutcome:
@@ -101,7 +105,7 @@ def run_main_job(
 
     report("Refreshing the lake from the transactional database, the CRM and product images")
     result = definitions.resolve_job_def(lake_refresh_job.name).execute_in_process(
-        instance=instance, run_config=RUN_CONFIG, raise_on_error=False
+        instance=instance, run_config=RUN_CONFIG, tags=NOT_RETRIED, raise_on_error=False
     )
     outcomes.append(StepOutcome(lake_refresh_job.name, result.run_id, result.success))
     if not result.success:
@@ -126,7 +130,11 @@ def run_main_job(
         result = job.execute_in_process(
             instance=instance,
             run_config=RUN_CONFIG,
-            tags={ASSET_PARTITION_RANGE_START_TAG: first, ASSET_PARTITION_RANGE_END_TAG: last},
+            tags={
+                ASSET_PARTITION_RANGE_START_TAG: first,
+                ASSET_PARTITION_RANGE_END_TAG: last,
+                **NOT_RETRIED,
+            },
             raise_on_error=False,
         )
         outcomes.append(

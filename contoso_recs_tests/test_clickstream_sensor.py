@@ -384,8 +384,9 @@ class UnreachableLandingZone(LocalLandingZone):
 def test_a_failed_hourly_load_is_marked_for_retry_by_the_local_instance(
     tmp_path, monkeypatch
 ) -> None:
-    """The product's own instance (its dagster.yaml) and job tags, not a test instance: the
-    daemon of `make ui` re-executes the runs this marks. The daemon itself is Dagster's."""
+    """The product's own instance (its dagster.yaml) and the job's tags mark a failed hourly
+    load for retry. Launching the retry is the daemon's work (Dagster's own, in `make ui`) and
+    needs a run launched from the code location, which this test does not start."""
     data_dir = tmp_path / "data"
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "unused"))  # restored after the test
     resources = {

@@ -282,9 +282,19 @@ def test_a_retrain_learns_its_rule_from_the_earlier_weeks_kept_beside_earlier_mo
     figures = materialization(second, "model", "evaluation")
     assert figures["learned_rule_weeks"] == f"{earlier.isoformat()}, {latest.isoformat()}"
     assert figures["learned_rule_customers"] == sum(rows.customers for rows in kept.values())
-    # the earlier model's rule never learned from the later week, though it is in the store now
-    first_weeks = materialization(first, "model", "evaluation")["learned_rule_weeks"]
-    assert first_weeks.split(", ")[-1] == earlier.isoformat()
+    # evaluated again now that the later week is kept in the store, the earlier model's rule
+    # still learns only from weeks before its own
+    first_version = materialization(first, "model", "two_tower_candidate")["model_version"]
+    card = store.card(first_version)
+    again = evaluate.evaluate_bundle(
+        local_resources(tiny_lake)["lake"].root_uri,
+        store.version_dir(first_version),
+        card["cutoff"],
+        card["lake_versions"],
+        earlier=assets.other_versions(store, first_version),
+    )
+    assert latest.isoformat() not in again["learned_rule_weeks"]
+    assert again["learned_rule_weeks"][-1] == earlier.isoformat()
 
 
 def test_make_evaluate_fits_the_shipped_rule_on_four_weeks_each_scored_by_an_earlier_model(

@@ -3,6 +3,7 @@ never reach the figures it is judged by, it round-trips through the model folder
 table ranks by it."""
 
 import hashlib
+import io
 from dataclasses import replace
 from datetime import timedelta
 
@@ -161,40 +162,59 @@ def week_rows(customers: int, seed: int, week: str) -> learned.WeekRows:
 
 
 def test_a_week_too_small_to_learn_from_learns_with_earlier_weeks_kept_beside_models(tmp_path):
-    small = week_rows(learned.MIN_CUSTOMERS // 2, seed=11, week="2026-11-23")
-    assert learned.fit_rows([small], SHIPPED_BLENDS["A"], threads=1) is None
+    pool = pool_of(learned.MIN_CUSTOMERS, seed=11, first_customer=110_000)
+    explain = SHIPPED_BLENDS["A"]
+    small = learned.WeekRows.of(pool, due_buyers(pool), explain, "2026-11-23")
+    assert learned.fit_rows([small], explain, threads=1) is None
+    assert learned.cross_fitted_scores(pool, due_buyers(pool), explain, threads=1) is None
 
     (tmp_path / "v1").mkdir()
     week_rows(400, seed=12, week="2026-11-16").save(tmp_path / "v1")
-    kept = learned.WeekRows.load(tmp_path / "v1")
-    rule = learned.fit_rows([small, kept], SHIPPED_BLENDS["A"], threads=1)
+    (kept,) = learned.earlier_weeks([tmp_path / "v1"], "2026-11-23")
+    rule = learned.fit_rows([small, kept], explain, threads=1)
     assert rule.customers == small.customers + kept.customers
 
     fresh = pool_of(300, seed=13, first_customer=100_000)
     week = ValidationWeek.of(fresh, due_buyers(fresh))
-    assert week.ndcg(rule) > 0.9 > 0.6 > week.ndcg(SHIPPED_BLENDS["A"])
+    assert week.ndcg(rule) > 0.9 > 0.6 > week.ndcg(explain)
+    # and the week's own figures, cross-fitted with the earlier week, come from such rules
+    folds = learned.cross_fitted_scores(pool, due_buyers(pool), explain, 1, [kept])
+    own = ValidationWeek.of(pool, due_buyers(pool))
+    assert own.ndcg(learned.CrossFitted(folds, explain)) > 0.9 > 0.6 > own.ndcg(explain)
 
 
-def test_the_earlier_weeks_are_the_latest_before_the_week_one_retrain_each():
-    def rows(week: str, seed: int) -> learned.WeekRows:
-        return week_rows(120, seed=seed, week=week)
+def kept_beside(root, folder: str, week: str, seed: int):
+    (root / folder).mkdir()
+    week_rows(120, seed=seed, week=week).save(root / folder)
+    return root / folder
 
-    kept = [
-        rows("2026-10-26", 1),
-        rows("2026-11-09", 2),
-        rows("2026-11-02", 3),
-        rows("2026-11-09", 4),  # a later retrain on the same week
-        rows("2026-11-16", 5),
-        rows("2026-11-23", 6),  # the week being fit: not an earlier week
-        rows("2026-11-30", 7),  # after it (a backtest of a later week)
+
+def test_the_earlier_weeks_are_the_latest_whole_weeks_before_the_week(tmp_path):
+    folders = [
+        kept_beside(tmp_path, "a", "2026-10-26", 1),
+        kept_beside(tmp_path, "b", "2026-11-09", 2),
+        kept_beside(tmp_path, "c", "2026-11-02", 3),
+        kept_beside(tmp_path, "d", "2026-11-09", 4),  # a later retrain on the same week
+        kept_beside(tmp_path, "e", "2026-11-16", 5),
+        kept_beside(tmp_path, "f", "2026-11-20", 6),  # a retrain by hand: overlaps the week
+        kept_beside(tmp_path, "g", "2026-11-23", 7),  # the week being fit
+        kept_beside(tmp_path, "h", "2026-11-30", 8),  # after it (a backtest of a later week)
+        kept_beside(tmp_path, "i", "2026-11-12", 9),  # overlaps 11-16, the week chosen after it
     ]
-    earlier = learned.latest_earlier_weeks(kept, "2026-11-23")
+    earlier = learned.earlier_weeks(folders, "2026-11-23")
     assert [w.week for w in earlier] == ["2026-11-16", "2026-11-09", "2026-11-02"]
     assert len(earlier) == learned.RULE_WEEKS - 1
-    assert earlier[1] is kept[3]
+    np.testing.assert_array_equal(earlier[1].x, learned.WeekRows.load(folders[3]).x)
+
+    # a damaged file is left out and the next week taken instead
+    (folders[4] / learned.ROWS_FILE).write_bytes(b"PK\x03\x04 not a whole zip")
+    earlier = learned.earlier_weeks(folders, "2026-11-23")
+    assert [w.week for w in earlier] == ["2026-11-12", "2026-11-02", "2026-10-26"]
 
 
-def test_kept_rows_are_capped_whole_customers_and_refused_when_unreadable(tmp_path, monkeypatch):
+def test_kept_rows_are_capped_whole_customers_and_refused_when_unreadable(
+    tmp_path, monkeypatch, caplog
+):
     rows = week_rows(300, seed=21, week="2026-11-16")
     monkeypatch.setattr(learned, "KEPT_CUSTOMERS", 50)
     path = rows.save(tmp_path)
@@ -207,15 +227,37 @@ def test_kept_rows_are_capped_whole_customers_and_refused_when_unreadable(tmp_pa
         kept.labels[end - size : end].any() for end, size in zip(ends, kept.groups, strict=True)
     )
     assert {tuple(r) for r in kept.x} <= {tuple(r) for r in rows.x}
-
     content = path.read_bytes()
+
+    def refused(**arrays) -> bool:
+        """Whether the rows file written with these arrays changed is left out, warned of."""
+        saved = dict(np.load(io.BytesIO(content)))
+        buffer = io.BytesIO()
+        np.savez_compressed(buffer, **{**saved, **arrays})
+        path.write_bytes(buffer.getvalue())
+        caplog.clear()
+        return learned.WeekRows.load(tmp_path) is None and "left out" in caplog.text
+
+    assert not refused()
+    assert refused(week=np.asarray("next monday"))
+    assert refused(features=np.asarray((*learned.FEATURES[:-1], "cosine")))
+    assert refused(labels=kept.labels[:-1])
+    assert refused(labels=kept.labels.astype(str))
+    assert refused(groups=np.concatenate([[-1, kept.groups[0] + 1], kept.groups[1:]]))
+    assert refused(x=kept.x.astype(np.float64))
+    assert refused(x=kept.x[:, :-1])
+
     path.write_bytes(content[: len(content) // 2])  # cut short
     assert learned.WeekRows.load(tmp_path) is None
-    monkeypatch.setattr(learned, "FEATURES", (*learned.FEATURES[:-1], "cosine"))
-    path.write_bytes(content)  # whole, but written for other signals
+    damaged = bytearray(content)
+    middle = len(content) // 2
+    damaged[middle : middle + 64] = bytes(64)  # the zip's index whole, a member's data not
+    path.write_bytes(bytes(damaged))
     assert learned.WeekRows.load(tmp_path) is None
-    monkeypatch.undo()
-    assert learned.WeekRows.load(tmp_path).customers == 50
+    path.unlink()
+    path.mkdir()  # a folder where the file should be
+    caplog.clear()
+    assert learned.WeekRows.load(tmp_path) is None and "left out" in caplog.text
     assert learned.WeekRows.load(tmp_path / "elsewhere") is None
 
 

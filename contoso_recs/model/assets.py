@@ -165,7 +165,7 @@ def evaluation(
         model_store.version_dir(version),
         date.fromisoformat(card["cutoff"]),
         card["lake_versions"],
-        earlier=[model_store.version_dir(v) for v in model_store.versions() if v != version],
+        earlier=other_versions(model_store, version),
     )
     chart = model_store.version_dir(version) / "evaluation.png"
     write_chart({"lake": {card["cutoff"]: results}}, chart)
@@ -221,6 +221,12 @@ def evaluation(
     )
 
 
+def other_versions(model_store: ModelStore, version: str) -> list[Path]:
+    """The folders of the store's other model versions, where earlier retrains kept the
+    weeks the learned blend rule learns from."""
+    return [model_store.version_dir(v) for v in model_store.versions() if v != version]
+
+
 def promoted_on_same_week(
     context: dg.AssetExecutionContext,
     lake: Lake,
@@ -252,6 +258,7 @@ def promoted_on_same_week(
         model_store.version_dir(current),
         date.fromisoformat(card["cutoff"]),
         card["lake_versions"],
+        earlier=other_versions(model_store, candidate),
     )
     context.log.info(
         f"promoted model {current} on the same week: task A hr@5 {figures['A']['hr@5']:.3f}, "

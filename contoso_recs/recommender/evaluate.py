@@ -177,8 +177,9 @@ def tuned_blends(
     shipped weights).
 
     Every VALIDATION_WEEKS weeks are scored by a model trained before the first of them
-    (customers as of each week's start), so no week a rule is fit on was seen in training,
-    as a weekly retrain's rule learns from each earlier week as scored by that week's model.
+    (customers as of each week's start), so no week a rule is fit on was seen in training, as
+    a weekly retrain's rule learns from earlier weeks each scored by a model that never saw it
+    (there, each week's own candidate).
     """
     weeks = []
     for block in range(learned.RULE_WEEKS // VALIDATION_WEEKS, 0, -1):
@@ -305,25 +306,25 @@ def evaluate_bundle(
     """Evaluate a saved model bundle on the week from `cutoff`, reading pinned lake versions,
     and fit its learned blend rule (saved in `bundle_dir`, last) on that week and on up to
     learned.RULE_WEEKS - 1 earlier weeks kept beside the `earlier` bundles (other versions of
-    the model store; the latest of each earlier week counts). The week's own rows are kept
-    beside this bundle for later retrains.
+    the model store: `learned.earlier_weeks`). The week's own rows are kept beside this bundle
+    for later retrains.
 
     The week is one the model never saw, so the rule learns how its signals predict unseen
     purchases. The `blend` figures of task A are cross-fitted (`shipped_on_week`): each
-    customer ranked by a rule fit on the week's other customers, never on their own purchases.
-    A week too small to cross-fit gets no rule (an earlier one is removed), and the weights'
-    figures.
+    customer ranked by a rule fit on the week's other customers and the earlier weeks, never
+    on their own purchases. When even that is too little to fit a rule, no rule is saved (an
+    earlier one is removed), and the figures are the weights'.
     """
     bought, test, scores, pool = saved_model_week(lake_root, bundle_dir, cutoff, versions)
-    shipped = shipped_on_week(pool, test)
-    result = evaluate_pool(bought, test, scores, pool, {"blend": shipped})
     explain = blend.SHIPPED_BLENDS["A"]
     week = learned.WeekRows.of(pool, test.targets("A"), explain, f"{test.cutoff:%Y-%m-%d}")
+    before = learned.earlier_weeks(earlier, week.week)
+    shipped = shipped_on_week(pool, test, before)
+    result = evaluate_pool(bought, test, scores, pool, {"blend": shipped})
     week.save(bundle_dir)
-    rule, weeks = None, []
+    weeks = [week, *before]
+    rule = None
     if isinstance(shipped["A"], learned.CrossFitted):
-        kept = [rows for path in earlier if (rows := learned.WeekRows.load(path)) is not None]
-        weeks = [week, *learned.latest_earlier_weeks(kept, week.week)]
         rule = learned.fit_rows(weeks, explain)
     if rule is None:
         (Path(bundle_dir) / learned.FILE).unlink(missing_ok=True)
@@ -349,11 +350,14 @@ def saved_model_week(
     return bought, test, scores, pool
 
 
-def shipped_on_week(pool: blend.Candidates, test: Holdout) -> dict[str, blend.Rule]:
+def shipped_on_week(
+    pool: blend.Candidates, test: Holdout, earlier: Sequence[learned.WeekRows] = ()
+) -> dict[str, blend.Rule]:
     """The shipped rules as a model is judged on a week: task A by rules cross-fitted on the
-    week's customers (the weights when the week is too small), task B by its weights."""
+    week's customers and the `earlier` weeks (the weights when that is too little to fit a
+    rule), task B by its weights."""
     explain = blend.SHIPPED_BLENDS["A"]
-    folds = learned.cross_fitted_scores(pool, test.targets("A"), explain)
+    folds = learned.cross_fitted_scores(pool, test.targets("A"), explain, earlier=earlier)
     return shipped_rules(None if folds is None else learned.CrossFitted(folds, explain))
 
 
@@ -362,13 +366,16 @@ def evaluate_blends(
     bundle_dir: str | Path,
     cutoff: str | date | datetime,
     versions: dict[str, int] | None = None,
+    earlier: Sequence[str | Path] = (),
 ) -> dict[str, dict[str, float]]:
     """The shipped rules' overall metrics per task for a saved model on the week from `cutoff`,
-    judged as a candidate is (`shipped_on_week`): how an already promoted model does on a
-    candidate's holdout, for a like-for-like gate. Its saved rule is not used: it may have
+    judged as a candidate is (`shipped_on_week`, with the earlier weeks kept beside the
+    `earlier` bundles, as `evaluate_bundle` is given them): how an already promoted model does
+    on a candidate's holdout, for a like-for-like gate. Its saved rule is not used: it may have
     been fit on this very week."""
     _, test, _, pool = saved_model_week(lake_root, bundle_dir, cutoff, versions)
-    rules = shipped_on_week(pool, test)
+    before = learned.earlier_weeks(earlier, f"{test.cutoff:%Y-%m-%d}")
+    rules = shipped_on_week(pool, test, before)
     return {
         task: evaluate_task(
             blend.recommend(pool, rules[task], LIST_LENGTH),

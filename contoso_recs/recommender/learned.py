@@ -33,8 +33,10 @@ import hashlib
 import io
 import logging
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import lightgbm as lgb
@@ -247,38 +249,83 @@ class WeekRows:
 
     def save(self, out_dir: str | Path) -> Path:
         """Keep the week's rows beside a model (ROWS_FILE, at most KEPT_CUSTOMERS customers),
-        so later retrains learn from this week too; atomically (a rename)."""
+        with when they were written, so later retrains learn from this week too; atomically
+        (a rename)."""
         kept = self.sample(KEPT_CUSTOMERS)
         content = io.BytesIO()
         np.savez_compressed(
             content,
             week=np.asarray(self.week),
+            written_at=np.asarray(datetime.now(UTC).isoformat()),
             features=np.asarray(FEATURES),
-            x=kept.x,
-            labels=kept.labels,
-            groups=kept.groups,
+            x=kept.x.astype(np.float32),
+            labels=kept.labels.astype(np.int8),
+            groups=kept.groups.astype(np.int64),
         )
         return write_bytes_atomically(Path(out_dir) / ROWS_FILE, content.getvalue())
 
     @classmethod
     def load(cls, bundle_dir: str | Path) -> "WeekRows | None":
-        """The week's rows kept beside a model; None (with a warning when the file is there)
-        when there are none, they cannot be read, or they hold other signals than this
-        version's FEATURES."""
+        """The week's rows kept beside a model; None when there are none, and (with a warning)
+        when they cannot be read or are not rows of this version's FEATURES."""
+        return _read_rows(Path(bundle_dir) / ROWS_FILE, whole=True)
+
+
+def _read_rows(path: Path, whole: bool) -> "WeekRows | tuple[str, str] | None":
+    """The rows file at `path` (whole) or only its week and when it was written (not whole,
+    without reading the rows); None, with a warning when something is there, when it is not a
+    readable rows file of this version."""
+    if not path.is_file():
+        if path.exists():
+            log.warning("%s is not a file of rule rows, left out", path)
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            week, written_at = str(saved["week"][()]), str(saved["written_at"][()])
+            date.fromisoformat(week)
+            if not whole:
+                return week, written_at
+            names = tuple(str(n) for n in saved["features"])
+            rows = WeekRows(week, saved["x"], saved["labels"], saved["groups"])
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        log.warning("%s is not a readable file of rule rows, left out (%s)", path, error)
+        return None
+    whole_rows = (
+        rows.x.dtype == np.float32
+        and rows.labels.dtype == np.int8
+        and rows.groups.dtype == np.int64
+        and rows.groups.ndim == rows.labels.ndim == 1
+        and (rows.groups > 0).all()
+        and rows.x.shape == (int(rows.groups.sum()), len(FEATURES))
+        and rows.labels.shape == (len(rows.x),)
+    )
+    if names != FEATURES or not whole_rows:
+        log.warning("%s does not hold rule rows of this version's signals, left out", path)
+        return None
+    return rows
+
+
+def earlier_weeks(bundle_dirs: Sequence[str | Path], week: str) -> list[WeekRows]:
+    """The rows the rule learns from besides `week`'s own: of the weeks kept beside
+    `bundle_dirs`, the RULE_WEEKS - 1 latest that end by the day `week` starts and do not
+    overlap each other, latest first; of a week kept twice, the rows written last. Only
+    those are read whole."""
+    found = []
+    for bundle_dir in bundle_dirs:
         path = Path(bundle_dir) / ROWS_FILE
-        if not path.is_file():
-            return None
-        try:
-            with np.load(path, allow_pickle=False) as saved:
-                names = tuple(str(n) for n in saved["features"])
-                rows = cls(str(saved["week"]), saved["x"], saved["labels"], saved["groups"])
-        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
-            log.warning("%s is not a readable week of rule rows, left out (%s)", path, error)
-            return None
-        if names != FEATURES or rows.x.shape != (int(rows.groups.sum()), len(FEATURES)):
-            log.warning("%s holds other signals than this version's, left out", path)
-            return None
-        return rows
+        if (kept := _read_rows(path, whole=False)) is not None:
+            found.append((*kept, path))
+    chosen: list[WeekRows] = []
+    next_start = date.fromisoformat(week)
+    for start, _, path in sorted(found, reverse=True):
+        if len(chosen) == RULE_WEEKS - 1:
+            break
+        if date.fromisoformat(start) + timedelta(days=7) > next_start:
+            continue  # overlaps the week, or a week already chosen
+        if (rows := _read_rows(path, whole=True)) is not None:
+            chosen.append(rows)
+            next_start = date.fromisoformat(start)
+    return chosen
 
 
 def fit(
@@ -318,16 +365,6 @@ def fit_rows(
     return LearnedRule(booster, explain, customers)
 
 
-def latest_earlier_weeks(weeks: Sequence[WeekRows], before_week: str) -> list[WeekRows]:
-    """Of kept weeks, the RULE_WEEKS - 1 latest that end before `before_week` starts (one per
-    week: the rows of the latest retrain on it), latest first."""
-    by_week: dict[str, WeekRows] = {}
-    for week in weeks:
-        if week.week < before_week:
-            by_week[week.week] = week
-    return [by_week[w] for w in sorted(by_week, reverse=True)[: RULE_WEEKS - 1]]
-
-
 def shortlist(pool: Candidates, explain: BlendConfig) -> tuple[np.ndarray, np.ndarray]:
     """(rows, slots) of each customer's SHORTLIST best candidates by the weights, among those
     that may be shown."""
@@ -343,14 +380,17 @@ def cross_fitted_scores(
     targets: Mapping[int, set[int]],
     explain: BlendConfig,
     threads: int | None = None,
+    earlier: Sequence[WeekRows] = (),
 ) -> np.ndarray | None:
     """Scores of a week's candidates, each customer's by a rule fit on the other customers of
-    the week (FOLDS folds by customer id), so the week's figures are measured on customers
-    the rule never learned from. None when a fold is too small to fit."""
+    the week (FOLDS folds by customer id) and on the `earlier` weeks, so the week's figures
+    are measured on customers the rule never learned from. None when a fold is too small to
+    fit."""
     fold = pool.customer_ids % FOLDS
     scores = np.full(pool.positions.shape, -np.inf)
     for held_out in range(FOLDS):
-        rule = fit([(pool.customers_where(fold != held_out), targets)], explain, threads)
+        others = WeekRows.of(pool.customers_where(fold != held_out), targets, explain, "")
+        rule = fit_rows([others, *earlier], explain, threads)
         if rule is None:
             return None
         rows = np.flatnonzero(fold == held_out)

@@ -120,7 +120,8 @@ def weekly_top5(
     frames = read_lake(lake.root_uri, versions)
     trained = TrainedModel.load(model_store.version_dir(version), device="cpu") if version else None
     blend = SHIPPED_BLENDS[config.blend]
-    # with repeats allowed, the rule learned on the promoted model's holdout week ranks
+    # with repeats allowed, the rule learned with the promoted model (its holdout week and up
+    # to three earlier weeks) ranks
     learned = None
     if version and blend.allow_repeats:
         try:
