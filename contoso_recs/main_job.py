@@ -4,6 +4,7 @@ Runs go through the Dagster instance under `DAGSTER_HOME`, so each one is visibl
 afterwards with its logs, metadata and checks.
 """
 
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -40,6 +41,8 @@ from contoso_recs.resources.serving_store import ServingStore
 from contoso_recs.settings import ENVIRONMENT_ENV_VAR
 from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
 from contoso_recs.weekly_email.assets import TABLE as WEEKLY_TABLE
+
+log = logging.getLogger(__name__)
 
 Report = Callable[[str], None]
 # Run logs at INFO: what each step read, loaded, quarantined and wrote.
@@ -81,6 +84,12 @@ def instance_config(dagster_home: str | Path) -> Path:
     config.parent.mkdir(parents=True, exist_ok=True)
     if not config.exists():
         config.write_text(INSTANCE_CONFIG)
+    elif "run_retries" not in config.read_text():
+        log.warning(
+            "%s does not turn run retries on: failed source loads will not be retried (add "
+            "'run_retries: {enabled: true}' to it, see README)",
+            config,
+        )
     return config
 
 

@@ -37,6 +37,8 @@ def daemon_env(tmp_path, monkeypatch) -> dict[str, str]:
     (data_dir / "lake" / "product_views").write_text("not a Delta table")
     instance_config(tmp_path / "dagster_home")
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    with dg.DagsterInstance.get():  # its storage made once, before two processes open it
+        pass
     env = {
         **os.environ,
         DATA_DIR_ENV_VAR: str(data_dir),
@@ -56,7 +58,9 @@ def test_the_daemon_runs_a_failed_hourly_load_again_up_to_the_jobs_retries(daemo
         start_new_session=True,
     )
     try:
-        subprocess.run(
+        with dg.DagsterInstance.get() as instance:
+            wait_for_the_daemon(instance)
+        launch = subprocess.run(
             [
                 BIN / "dagster",
                 "job",
@@ -70,10 +74,11 @@ def test_the_daemon_runs_a_failed_hourly_load_again_up_to_the_jobs_retries(daemo
             ],
             cwd=REPO,
             env=daemon_env,
-            check=True,
             capture_output=True,
+            text=True,
             timeout=120,
         )
+        assert launch.returncode == 0, launch.stdout + launch.stderr
         with dg.DagsterInstance.get() as instance:
             runs = wait_for_retries(instance)
     finally:
@@ -89,6 +94,18 @@ def test_the_daemon_runs_a_failed_hourly_load_again_up_to_the_jobs_retries(daemo
     assert [run.tags["dagster/will_retry"] for run in runs] == ["true"] * LOAD_RETRIES + ["false"]
 
 
+def wait_for_the_daemon(instance: dg.DagsterInstance) -> None:
+    """Until the daemons that start queued runs and retries have reported in."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if {"QUEUED_RUN_COORDINATOR", "EVENT_LOG_CONSUMER"} <= set(
+            instance.get_daemon_heartbeats()
+        ):
+            return
+        time.sleep(1)
+    raise AssertionError(f"the daemon did not start in {WAIT_SECONDS} s")
+
+
 def wait_for_retries(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
     """The first run and its retries, oldest first, once the last has failed for good."""
     deadline = time.monotonic() + WAIT_SECONDS
@@ -98,3 +115,17 @@ def wait_for_retries(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
             return runs
         time.sleep(1)
     raise AssertionError(f"no retries settled in {WAIT_SECONDS} s: {instance.get_runs()}")
+
+
+def test_an_instance_folder_without_run_retries_is_kept_and_warned_of(tmp_path, caplog) -> None:
+    config = tmp_path / "dagster.yaml"
+    config.write_text("telemetry:\n  enabled: false\n")
+    assert instance_config(tmp_path) == config
+    assert config.read_text() == "telemetry:\n  enabled: false\n"
+    assert "does not turn run retries on" in caplog.text
+
+    caplog.clear()
+    config.unlink()
+    assert "run_retries:\n  enabled: true" in instance_config(tmp_path).read_text()
+    instance_config(tmp_path)
+    assert "run retries" not in caplog.text
