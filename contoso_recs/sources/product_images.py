@@ -134,9 +134,9 @@ def extract_product_images(
     write_quarantine(lake, "product_images", pl.DataFrame(rejects, schema=QUARANTINE_SCHEMA))
 
     context.log.info(
-        f"product images: {len(landed)} files landed, {len(changed)} new or changed, "
-        f"{len(manifests)} loaded, {len(rejects)} quarantined; "
-        f"wrote {manifest_write.uri} version {manifest_write.version}"
+        f"product images: {len(landed)} files landed, {len(changed)} read (new, changed, or "
+        f"not loaded before), {len(manifests)} loaded, {len(rejects)} quarantined; "
+        f"{manifest_write.uri} {manifest_write.state}"
     )
     reasons = pl.DataFrame(rejects, schema=QUARANTINE_SCHEMA)["reason"].value_counts(sort=True)
     accounting = {
