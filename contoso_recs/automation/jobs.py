@@ -19,7 +19,7 @@ LAKE_REFRESH_ASSETS = (
 
 # A failed load of the sources is run again by the instance, from the step that failed, up to
 # LOAD_RETRIES times (Dagster run retries: the local instance turns them on in its dagster.yaml,
-# `main_job.local_instance`; Dagster+ has them on), so a timeout or throttling of Azure SQL, Blob
+# `main_job.instance_config`; Dagster+ has them on), so a timeout or throttling of Azure SQL, Blob
 # Storage or Dataverse does not leave an hour of product views unloaded until someone notices.
 # Loads are idempotent (MERGE, or replacing the hours' partitions), so running one again is safe.
 LOAD_RETRIES = 3

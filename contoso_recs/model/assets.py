@@ -192,10 +192,11 @@ def evaluation(
         f"task B hr@5 {results['B']['blend']['hr@5']:.3f}; task A ranked by "
         + (
             f"a rule learned on {learned_on} customers of {len(learned_weeks)} weeks from "
-            f"{learned_weeks[0] if learned_weeks else ''} (figures cross-fitted on the holdout "
-            "week alone)"
+            f"{learned_weeks[0] if learned_weeks else ''} (figures cross-fitted: each customer "
+            "ranked by a rule that never saw their purchases)"
             if learned_on
-            else "the shipped weights (too few customers on the holdout week to learn a rule)"
+            else "the shipped weights (too few customers in the holdout week and the earlier "
+            "weeks kept to learn a rule)"
         )
     )
     comparison = (
