@@ -132,6 +132,30 @@ def test_unchanged_images_are_not_read_again(sources, data_dir, instance):
     )
 
 
+def test_a_quarantined_image_is_not_read_again_until_it_changes(sources, data_dir, instance, lake):
+    sources.image("10.png", rgb=(255, 0, 0))
+    sources.image("12.png", data=b"<html>503</html>")
+    refresh_lake(data_dir, instance)
+
+    unchanged = materialization(refresh_lake(data_dir, instance), "lake", "product_images")
+    assert (
+        unchanged["rows_read"],
+        unchanged["rows_quarantined"],
+        unchanged["files_quarantined_before"],
+    ) == (0, 0, 1)
+
+    sources.image("12.png", rgb=(0, 255, 0))
+    fixed = materialization(refresh_lake(data_dir, instance), "lake", "product_images")
+    assert (fixed["rows_read"], fixed["rows_loaded"], fixed["files_quarantined_before"]) == (
+        1,
+        1,
+        0,
+    )
+    assert sorted(lake.read("product_images")["product_id"].to_list()) == [10, 12]
+    rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_images")
+    assert rejects["source_ref"].to_list() == ["12.png"]
+
+
 def test_sources_without_images_or_profiles_give_empty_tables_that_say_so(
     data_dir, instance, lake, sources
 ):

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from contoso_recs.lake import keys
 from contoso_recs.lake.conform import QUARANTINE_SCHEMA
-from contoso_recs.lake.quarantine import write_quarantine
+from contoso_recs.lake.quarantine import QUARANTINE_TABLE, write_quarantine
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import PRODUCT_IMAGES_CONTAINER, LandedFile, LandingZone
 
@@ -110,7 +110,16 @@ def extract_product_images(
     landed = landing_zone.list_files(PRODUCT_IMAGES_CONTAINER)
     known = lake.read_or_empty("product_images", MANIFEST_SCHEMA)
     known_fingerprints = set(known.select("path", "size_bytes", "landed_at").iter_rows())
-    changed = [f for f in landed if (f.path, f.size, f.modified_at) not in known_fingerprints]
+    # A file quarantined before is not read again until it changes (a new upload is a new
+    # fingerprint): it stays counted once, in the quarantine table.
+    rejected = quarantined_fingerprints(lake)
+    unchanged_rejects = [f for f in landed if f.fingerprint in rejected]
+    changed = [
+        f
+        for f in landed
+        if (f.path, f.size, f.modified_at) not in known_fingerprints
+        and f.fingerprint not in rejected
+    ]
 
     # One image per product: a second file for a product (12.png beside 012.png) is a duplicate.
     owner = dict(known.select("product_id", "path").iter_rows())
@@ -134,8 +143,9 @@ def extract_product_images(
     write_quarantine(lake, "product_images", pl.DataFrame(rejects, schema=QUARANTINE_SCHEMA))
 
     context.log.info(
-        f"product images: {len(landed)} files landed, {len(changed)} read (new, changed, or "
-        f"not loaded before), {len(manifests)} loaded, {len(rejects)} quarantined; "
+        f"product images: {len(landed)} files landed, {len(changed)} read (new or changed), "
+        f"{len(manifests)} loaded, {len(rejects)} quarantined, {len(unchanged_rejects)} "
+        f"quarantined before and unchanged; "
         f"{manifest_write.uri} {manifest_write.state}"
     )
     reasons = pl.DataFrame(rejects, schema=QUARANTINE_SCHEMA)["reason"].value_counts(sort=True)
@@ -145,6 +155,7 @@ def extract_product_images(
         "rows_read": dg.MetadataValue.int(len(changed)),
         "rows_loaded": dg.MetadataValue.int(len(manifests)),
         "rows_quarantined": dg.MetadataValue.int(len(rejects)),
+        "files_quarantined_before": dg.MetadataValue.int(len(unchanged_rejects)),
     }
     note = {}
     if not landed:
@@ -161,6 +172,14 @@ def extract_product_images(
             **note,
         },
     )
+
+
+def quarantined_fingerprints(lake: Lake) -> set[str]:
+    """Fingerprints of the image files in the quarantine (its `raw` column for this table)."""
+    if not lake.exists(QUARANTINE_TABLE):
+        return set()
+    rows = lake.scan(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_images")
+    return set(rows.select("raw").collect()["raw"].to_list())
 
 
 def product_images_defs() -> dg.Definitions:
