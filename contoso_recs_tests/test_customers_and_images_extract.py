@@ -1,7 +1,11 @@
 """Customer profiles from CRM pages and product images: loaded, quarantined, incremental."""
 
-import polars as pl
+import contextlib
 
+import polars as pl
+import pytest
+
+from contoso_recs.demo_data import layout
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.sources.product_images import FEATURE_NAMES
 from contoso_recs_tests.conftest import materialization, refresh_lake
@@ -154,6 +158,78 @@ def test_a_quarantined_image_is_not_read_again_until_it_changes(sources, data_di
     assert sorted(lake.read("product_images")["product_id"].to_list()) == [10, 12]
     rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_images")
     assert rejects["source_ref"].to_list() == ["12.png"]
+
+
+def image_products(lake) -> tuple[list, list]:
+    manifest = lake.read("product_images").sort("product_id")
+    features = lake.read("product_image_features").sort("product_id")
+    return list(manifest.select("product_id", "path").iter_rows()), features["product_id"].to_list()
+
+
+@pytest.mark.parametrize("crashing_table", ["product_image_features", "product_images"])
+def test_an_image_load_interrupted_before_its_manifest_is_read_again(
+    crashing_table, sources, data_dir, instance, lake, monkeypatch
+):
+    sources.image("10.png", rgb=(255, 0, 0))
+    refresh_lake(data_dir, instance)
+    sources.image("11.png", rgb=(0, 0, 255))
+    original_upsert = type(lake).upsert
+
+    def crash_on_manifest(self, table, *args, **kwargs):
+        if table == crashing_table:
+            raise KeyboardInterrupt("machine lost power")
+        return original_upsert(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(type(lake), "upsert", crash_on_manifest)
+    with contextlib.suppress(KeyboardInterrupt):
+        refresh_lake(data_dir, instance)
+    monkeypatch.setattr(type(lake), "upsert", original_upsert)
+
+    manifest = materialization(refresh_lake(data_dir, instance), "lake", "product_images")
+    assert (manifest["rows_read"], manifest["rows_loaded"]) == (1, 1)
+    assert image_products(lake) == ([(10, "10.png"), (11, "11.png")], [10, 11])
+
+
+def test_the_manifest_follows_deleted_renamed_and_broken_images(sources, data_dir, instance, lake):
+    sources.image("10.png", rgb=(255, 0, 0))
+    sources.image("11.png", rgb=(0, 0, 255))
+    sources.image("12.png", rgb=(0, 255, 0))
+    refresh_lake(data_dir, instance)
+    folder = layout.product_images_root(data_dir)
+    (folder / "10.png").unlink()
+    (folder / "11.png").unlink()
+    sources.image("011.png", rgb=(0, 0, 128))  # renamed, and a new picture
+    sources.image("12.png", data=b"<html>503</html>")  # a broken upload over a good one
+
+    manifest = materialization(refresh_lake(data_dir, instance), "lake", "product_images")
+
+    assert (manifest["rows_read"], manifest["rows_loaded"], manifest["rows_quarantined"]) == (
+        2,
+        1,
+        1,
+    )
+    assert (manifest["images_gone"], manifest["rows_deleted"]) == (2, 2)
+    assert image_products(lake) == ([(11, "011.png")], [11])
+    rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_images")
+    assert list(rejects.select("source_ref", "reason").iter_rows()) == [
+        ("12.png", "unreadable_image")
+    ]
+
+
+def test_a_duplicate_image_loads_once_the_image_it_duplicated_is_gone(
+    sources, data_dir, instance, lake
+):
+    sources.image("10.png", rgb=(255, 0, 0))
+    refresh_lake(data_dir, instance)
+    sources.image("010.png", rgb=(0, 255, 0))
+    first = materialization(refresh_lake(data_dir, instance), "lake", "product_images")
+    assert first["quarantined_by_reason"] == {"duplicate": 1}
+    assert image_products(lake) == ([(10, "10.png")], [10])
+    (layout.product_images_root(data_dir) / "10.png").unlink()
+
+    refresh_lake(data_dir, instance)
+
+    assert image_products(lake) == ([(10, "010.png")], [10])
 
 
 def test_sources_without_images_or_profiles_give_empty_tables_that_say_so(

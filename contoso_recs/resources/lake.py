@@ -1,13 +1,25 @@
 """The lake: Delta tables (Parquet files plus a transaction log) on a local disk or ADLS Gen2."""
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import dagster as dg
 import polars as pl
 from deltalake import DeltaTable
+from deltalake.exceptions import CommitFailedError
 
 PREVIEW_ROWS = 5
+# Writers of one table in parallel steps (the sources' rejects all go to the quarantine) can
+# conflict at commit: Delta's optimistic concurrency refuses the later commit, and the write is
+# tried again on the new version. Every write here is a MERGE by key or a replacement of one
+# partition, so trying it again gives the same table.
+COMMIT_ATTEMPTS = 6
+COMMIT_BACKOFF_SECONDS = 0.2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -20,11 +32,24 @@ class TableWrite:
     rows_written: int
     rows_inserted: int
     rows_updated: int
+    rows_deleted: int = 0
+
+    def then(self, later: "TableWrite | None") -> "TableWrite":
+        """This write followed by a later one to the same table (a deletion), as one."""
+        if later is None:
+            return self
+        return replace(
+            self,
+            version=later.version,
+            rows_inserted=self.rows_inserted + later.rows_inserted,
+            rows_updated=self.rows_updated + later.rows_updated,
+            rows_deleted=self.rows_deleted + later.rows_deleted,
+        )
 
     @property
     def state(self) -> str:
         """How the table stands after the write, for a log line."""
-        changed = self.rows_inserted or self.rows_updated
+        changed = self.rows_inserted or self.rows_updated or self.rows_deleted
         return f"{'now at' if changed else 'unchanged at'} version {self.version}"
 
 
@@ -71,6 +96,27 @@ class Lake(dg.ConfigurableResource):
         actions = pl.DataFrame(self.delta_table(table).get_add_actions(flatten=True))
         return int(actions["num_records"].sum()) if actions.height else 0
 
+    def committed(self, table: str, write: Callable[[], "TableWrite"]) -> "TableWrite":
+        """Run `write` (one commit to `table`), again on a commit conflict with another writer."""
+        for attempt in range(1, COMMIT_ATTEMPTS + 1):
+            try:
+                return write()
+            except CommitFailedError as error:
+                if attempt == COMMIT_ATTEMPTS:
+                    raise
+                pause = COMMIT_BACKOFF_SECONDS * 2 ** (attempt - 1) * (1 + random.random())
+                log.warning(
+                    "lake table %s: commit %d of %d conflicted with another writer (%s); "
+                    "trying again in %.1f s",
+                    table,
+                    attempt,
+                    COMMIT_ATTEMPTS,
+                    str(error).splitlines()[0][:200],
+                    pause,
+                )
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
     def upsert(
         self,
         table: str,
@@ -84,6 +130,18 @@ class Lake(dg.ConfigurableResource):
         With `newer_when` (a column such as `modified_at`), an existing row is only replaced by
         a strictly newer one, so re-reading old source rows never rolls a table back.
         """
+        return self.committed(
+            table, lambda: self._merge(table, rows, keys, newer_when, partition_by)
+        )
+
+    def _merge(
+        self,
+        table: str,
+        rows: pl.DataFrame,
+        keys: Sequence[str],
+        newer_when: str | None,
+        partition_by: Sequence[str] | None,
+    ) -> TableWrite:
         if not self.exists(table):
             return self._create(table, rows, partition_by)
 
@@ -113,10 +171,35 @@ class Lake(dg.ConfigurableResource):
             rows_updated=int(metrics["num_target_rows_updated"]),
         )
 
+    def delete_keys(self, table: str, key: str, values: Sequence[int]) -> TableWrite | None:
+        """Delete the rows whose integer `key` is one of `values` in one commit (None: none)."""
+        if not values or not self.exists(table):
+            return None
+        predicate = f"{key} IN ({', '.join(str(int(v)) for v in values)})"
+
+        def delete() -> TableWrite:
+            metrics = self.delta_table(table).delete(predicate)
+            return TableWrite(
+                table=table,
+                uri=self.uri(table),
+                version=self.delta_table(table).version(),
+                rows_written=0,
+                rows_inserted=0,
+                rows_updated=0,
+                rows_deleted=int(metrics.get("num_deleted_rows", 0)),
+            )
+
+        return self.committed(table, delete)
+
     def replace_where(
         self, table: str, rows: pl.DataFrame, predicate: str, partition_by: Sequence[str]
     ) -> TableWrite:
         """Atomically replace the rows matching `predicate` (one partition) with `rows`."""
+        return self.committed(table, lambda: self._replace(table, rows, predicate, partition_by))
+
+    def _replace(
+        self, table: str, rows: pl.DataFrame, predicate: str, partition_by: Sequence[str]
+    ) -> TableWrite:
         if not self.exists(table):
             return self._create(table, rows, partition_by)
         rows.write_delta(
@@ -167,6 +250,11 @@ class Lake(dg.ConfigurableResource):
             "delta_version": dg.MetadataValue.int(write.version),
             "rows_inserted": dg.MetadataValue.int(write.rows_inserted),
             "rows_updated": dg.MetadataValue.int(write.rows_updated),
+            **(
+                {"rows_deleted": dg.MetadataValue.int(write.rows_deleted)}
+                if write.rows_deleted
+                else {}
+            ),
             "preview": dg.MetadataValue.md(markdown_preview(preview)),
         }
 

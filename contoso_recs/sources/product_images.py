@@ -27,6 +27,8 @@ FEATURE_NAMES = [
     "std_blue",
     *(f"hue_{i}" for i in range(HUE_BINS)),
 ]
+# Reasons a file is refused for what it is (its name or its bytes), whatever else landed.
+FILE_REASONS = ("invalid_product_id", "unreadable_image")
 MANIFEST_SCHEMA = {
     "product_id": pl.Int64,
     "path": pl.String,
@@ -106,13 +108,20 @@ def describe_image(
 def extract_product_images(
     context: dg.AssetExecutionContext, landing_zone: LandingZone, lake: Lake
 ):
-    """Catalogue new or changed product images and compute their features."""
+    """Catalogue new or changed product images and compute their features.
+
+    The manifest mirrors the container: a product whose file was deleted, or replaced by one
+    that cannot be read, leaves the manifest and the features (its picture is no longer there).
+    The features are written before the manifest, which records what is loaded: a run
+    interrupted between the two reads the file again next time.
+    """
     landed = landing_zone.list_files(PRODUCT_IMAGES_CONTAINER)
     known = lake.read_or_empty("product_images", MANIFEST_SCHEMA)
     known_fingerprints = set(known.select("path", "size_bytes", "landed_at").iter_rows())
-    # A file quarantined before is not read again until it changes (a new upload is a new
-    # fingerprint): it stays counted once, in the quarantine table.
-    rejected = quarantined_fingerprints(lake)
+    # A file quarantined for what it holds is not read again until it changes (a new upload is
+    # a new fingerprint): it stays counted once, in the quarantine table. A duplicate is read
+    # again, as it loads once the file it duplicated is gone.
+    rejected = quarantined_fingerprints(lake, FILE_REASONS)
     unchanged_rejects = [f for f in landed if f.fingerprint in rejected]
     changed = [
         f
@@ -121,8 +130,14 @@ def extract_product_images(
         and f.fingerprint not in rejected
     ]
 
-    # One image per product: a second file for a product (12.png beside 012.png) is a duplicate.
-    owner = dict(known.select("product_id", "path").iter_rows())
+    # One image per product: a second file for a product (12.png beside 012.png) is a duplicate
+    # while the first is still in the container.
+    landed_paths = {f.path for f in landed}
+    owner = {
+        p: path
+        for p, path in known.select("product_id", "path").iter_rows()
+        if path in landed_paths
+    }
     manifests, features, rejects = [], [], []
     for file in changed:
         manifest, feature, reject = describe_image(
@@ -136,16 +151,30 @@ def extract_product_images(
             manifests.append(manifest)
             features.append(feature)
 
+    landed_fingerprints = {(f.path, f.size, f.modified_at) for f in landed}
+    loaded = {m["product_id"] for m in manifests}
+    retired = sorted(
+        p
+        for p, *fingerprint in known.select(
+            "product_id", "path", "size_bytes", "landed_at"
+        ).iter_rows()
+        if tuple(fingerprint) not in landed_fingerprints and p not in loaded
+    )
     manifest_rows = pl.DataFrame(manifests, schema=MANIFEST_SCHEMA)
     feature_rows = pl.DataFrame(features, schema=FEATURES_SCHEMA)
-    manifest_write = lake.upsert("product_images", manifest_rows, ["product_id"])
-    features_write = lake.upsert("product_image_features", feature_rows, ["product_id"])
+    features_write = lake.upsert("product_image_features", feature_rows, ["product_id"]).then(
+        lake.delete_keys("product_image_features", "product_id", retired)
+    )
+    manifest_write = lake.upsert("product_images", manifest_rows, ["product_id"]).then(
+        lake.delete_keys("product_images", "product_id", retired)
+    )
     write_quarantine(lake, "product_images", pl.DataFrame(rejects, schema=QUARANTINE_SCHEMA))
 
     context.log.info(
         f"product images: {len(landed)} files landed, {len(changed)} read (new or changed), "
         f"{len(manifests)} loaded, {len(rejects)} quarantined, {len(unchanged_rejects)} "
-        f"quarantined before and unchanged; "
+        f"quarantined before and unchanged, {len(retired)} products' images gone (deleted "
+        f"or no longer readable); "
         f"{manifest_write.uri} {manifest_write.state}"
     )
     reasons = pl.DataFrame(rejects, schema=QUARANTINE_SCHEMA)["reason"].value_counts(sort=True)
@@ -156,6 +185,7 @@ def extract_product_images(
         "rows_loaded": dg.MetadataValue.int(len(manifests)),
         "rows_quarantined": dg.MetadataValue.int(len(rejects)),
         "files_quarantined_before": dg.MetadataValue.int(len(unchanged_rejects)),
+        "images_gone": dg.MetadataValue.int(len(retired)),
     }
     note = {}
     if not landed:
@@ -174,11 +204,13 @@ def extract_product_images(
     )
 
 
-def quarantined_fingerprints(lake: Lake) -> set[str]:
-    """Fingerprints of the image files in the quarantine (its `raw` column for this table)."""
+def quarantined_fingerprints(lake: Lake, reasons: tuple[str, ...]) -> set[str]:
+    """Fingerprints of the image files quarantined for `reasons` (the quarantine's `raw`)."""
     if not lake.exists(QUARANTINE_TABLE):
         return set()
-    rows = lake.scan(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_images")
+    rows = lake.scan(QUARANTINE_TABLE).filter(
+        (pl.col("target_table") == "product_images") & pl.col("reason").is_in(reasons)
+    )
     return set(rows.select("raw").collect()["raw"].to_list())
 
 
