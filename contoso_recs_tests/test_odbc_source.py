@@ -75,3 +75,40 @@ def test_odbc_extract_is_incremental_from_the_watermark(sources, data_dir, insta
     assert (orders["watermark_before"], orders["watermark"]) == (T0, "2026-11-03 10:00:00")
     assert (orders["rows_read"], orders["rows_inserted"]) == (2, 1)
     assert sorted(lake.read("orders")["order_id"]) == [100, 101]
+
+
+def test_timestamps_the_driver_returns_as_datetimes_with_fractions_of_a_second_load(
+    sources, data_dir, instance, lake
+):
+    """Azure SQL's datetime2 columns reach pyodbc as datetime values with milliseconds; the
+    SQLite driver does the same for columns declared TIMESTAMP."""
+    import sqlite3
+
+    with sqlite3.connect(sources_db(data_dir)) as conn:
+        conn.executescript(
+            """
+            DROP TABLE orders;
+            CREATE TABLE orders (
+                order_id INTEGER PRIMARY KEY, customer_id INTEGER, store_id INTEGER,
+                channel TEXT, ordered_at TIMESTAMP NOT NULL, modified_at TIMESTAMP NOT NULL
+            );
+            """
+        )
+    conn.close()
+    fill(sources)
+    sources.sql(
+        "orders",
+        ORDER_COLUMNS,
+        [(101, 2, 7, "web", "2026-11-02 10:00:00.250", "2026-11-02 10:00:01.125")],
+    )
+
+    result = refresh_through_odbc(data_dir, instance)
+
+    orders = materialization(result, "lake", "orders")
+    assert (orders["rows_read"], orders["rows_loaded"], orders["rows_quarantined"]) == (2, 2, 0)
+    assert orders["watermark"] == "2026-11-02 10:00:01"
+    stamps = lake.read("orders").sort("order_id")["ordered_at"].dt.to_string("%H:%M:%S%.3f")
+    assert stamps.to_list() == ["09:00:00.000", "10:00:00.250"]
+
+    again = materialization(refresh_through_odbc(data_dir, instance), "lake", "orders")
+    assert (again["rows_read"], again["rows_inserted"], again["rows_updated"]) == (1, 0, 0)

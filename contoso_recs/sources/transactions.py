@@ -23,6 +23,9 @@ from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.transactional import TransactionalSource
 
 SQL_TIMESTAMP = "%Y-%m-%d %H:%M:%S"
+# What is read may carry fractions of a second: Azure SQL's datetime2 columns reach pyodbc as
+# datetime values, and are text like 2026-11-01 09:05:01.250000.
+SQL_TIMESTAMP_READ = "%Y-%m-%d %H:%M:%S%.f"
 EARLIEST_ORDER = datetime(2000, 1, 1, tzinfo=UTC)
 
 
@@ -40,9 +43,9 @@ PRODUCTS_CONTRACT = Contract(
         Column("brand"),
         Column("package_size"),
         Column("price", as_float),
-        Column("introduced_at", as_timestamp(SQL_TIMESTAMP)),
+        Column("introduced_at", as_timestamp(SQL_TIMESTAMP_READ)),
         Column("discontinued", as_flag, required=True),
-        Column("modified_at", as_timestamp(SQL_TIMESTAMP), required=True),
+        Column("modified_at", as_timestamp(SQL_TIMESTAMP_READ), required=True),
     ],
     rules=[
         Rule("negative_price", pl.col("price") < 0),
@@ -61,8 +64,8 @@ def orders_contract(now: datetime) -> Contract:
             Column("customer_id", as_int, required=True),
             Column("store_id", as_int),
             Column("channel"),
-            Column("ordered_at", as_timestamp(SQL_TIMESTAMP), required=True),
-            Column("modified_at", as_timestamp(SQL_TIMESTAMP), required=True),
+            Column("ordered_at", as_timestamp(SQL_TIMESTAMP_READ), required=True),
+            Column("modified_at", as_timestamp(SQL_TIMESTAMP_READ), required=True),
         ],
         rules=[
             Rule(
@@ -84,7 +87,7 @@ def order_lines_contract(known_product_ids: pl.Series) -> Contract:
             Column("product_id", as_int, required=True),
             Column("quantity", as_int, required=True),
             Column("amount", as_float),
-            Column("modified_at", as_timestamp(SQL_TIMESTAMP), required=True),
+            Column("modified_at", as_timestamp(SQL_TIMESTAMP_READ), required=True),
         ],
         rules=[
             Rule("negative_quantity", pl.col("quantity") < 0),
