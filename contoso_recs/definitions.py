@@ -5,7 +5,10 @@ from typing import Any
 
 import dagster as dg
 
-from contoso_recs.automation.clickstream_sensor import clickstream_sensor
+from contoso_recs.automation.clickstream_sensor import (
+    clickstream_sensor,
+    views_awaiting_products_sensor,
+)
 from contoso_recs.automation.jobs import (
     clickstream_job,
     lake_refresh_job,
@@ -38,7 +41,7 @@ def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
         serving_defs(),
         dg.Definitions(
             jobs=[lake_refresh_job, clickstream_job, train_and_promote_job, serving_bundle_job],
-            sensors=[clickstream_sensor],
+            sensors=[clickstream_sensor, views_awaiting_products_sensor],
         ),
         dg.Definitions(resources=dict(resources)),
     )

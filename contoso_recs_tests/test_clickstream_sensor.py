@@ -20,12 +20,14 @@ from contoso_recs.automation.clickstream_sensor import (
     MAX_HOURS_PER_RUN,
     MAX_RUNS_PER_TICK,
     clickstream_sensor,
+    views_awaiting_products_sensor,
 )
 from contoso_recs.automation.jobs import LOAD_RETRIES
 from contoso_recs.definitions import defs
 from contoso_recs.demo_data.layout import clickstream_root
 from contoso_recs.environment import local_resources
 from contoso_recs.lake import keys
+from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.main_job import local_instance
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import LocalLandingZone
@@ -372,6 +374,68 @@ def test_a_requested_range_runs_the_clickstream_job_and_loads_its_views(
             "landed_hour": "2026-11-20-11:00",
         },
     ]
+
+
+def test_views_quarantined_for_a_product_the_refreshed_catalogue_now_holds_are_loaded(
+    tmp_path, instance, clock, monkeypatch
+) -> None:
+    """The catalogue refreshes weekly, product views hourly: a view of a product launched
+    since the last refresh is quarantined, and its hour is loaded again once the catalogue,
+    refreshed, holds the product. Real instance, real runs of the hourly job."""
+    data_dir = tmp_path / "data"
+    monkeypatch.setenv(DATA_DIR_ENV_VAR, str(data_dir))
+    monkeypatch.delenv(ENVIRONMENT_ENV_VAR, raising=False)
+    resources = local_resources(data_dir)
+    lake = Lake(root_uri=str(data_dir / "lake"))
+    lake.upsert("products", pl.DataFrame({"product_id": [10, 11]}), ["product_id"])
+    blob = clickstream_root(data_dir).parent
+    land(blob, "2026-11-20-10:00", text=product_view("e1", 99, "2026-11-20T10:15:00.000Z") + "\n")
+    land(blob, "2026-11-20-11:00", text=product_view("e2", 11, "2026-11-20T11:05:00.000Z") + "\n")
+    land(blob, "2026-11-20-12:00", text=product_view("e3", 98, "2026-11-20T12:05:00.000Z") + "\n")
+    job = defs().resolve_job_def("clickstream_hourly")
+
+    def run(request: dg.RunRequest) -> None:
+        result = job.execute_in_process(
+            instance=instance,
+            partition_key=request.partition_key,
+            tags={**request.tags, "dagster/run_key": request.run_key},
+            resources=resources,
+        )
+        assert result.success
+
+    def refresh_catalogue(cursor: str | None):
+        instance.report_runless_asset_event(dg.AssetMaterialization(keys.PRODUCTS))
+        context = dg.build_sensor_context(
+            instance=instance, cursor=cursor, resources={"lake": lake}, definitions=defs()
+        )
+        return views_awaiting_products_sensor.evaluate_tick(context)
+
+    sensed = dg.build_sensor_context(
+        instance=instance, resources={"landing_zone": resources["landing_zone"]}
+    )
+    (request,) = clickstream_sensor(sensed).run_requests
+    run(request)
+    awaiting = lake.read(QUARANTINE_TABLE).filter(pl.col("reason") == "unknown_product")
+    assert sorted(awaiting["partition_key"]) == ["2026-11-20-10:00", "2026-11-20-12:00"]
+
+    nothing_new = refresh_catalogue(None)
+    assert nothing_new.run_requests == []
+    assert "No recent product views await" in nothing_new.skip_message
+
+    lake.upsert("products", pl.DataFrame({"product_id": [99]}), ["product_id"])
+    launched = refresh_catalogue(nothing_new.cursor)
+    (reload,) = launched.run_requests
+    assert reload.partition_key == "2026-11-20-10:00"
+    run(reload)
+
+    views = lake.read("product_views").sort("event_id")
+    assert views.select("event_id", "landed_hour").rows() == [
+        ("e1", "2026-11-20-10:00"),
+        ("e2", "2026-11-20-11:00"),
+    ]
+    awaiting = lake.read(QUARANTINE_TABLE).filter(pl.col("reason") == "unknown_product")
+    assert awaiting["partition_key"].to_list() == ["2026-11-20-12:00"]
+    assert refresh_catalogue(launched.cursor).run_requests == []
 
 
 class UnreachableLandingZone(LocalLandingZone):

@@ -6,12 +6,16 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
+import polars as pl
 from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_END_TAG,
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
 from contoso_recs.automation.jobs import clickstream_job
+from contoso_recs.lake import keys
+from contoso_recs.lake.quarantine import QUARANTINE_TABLE
+from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import (
     CLICKSTREAM_CONTAINER,
     LandedFile,
@@ -132,4 +136,63 @@ def clickstream_sensor(
     return dg.SensorResult(
         run_requests=[run_request_for(hours, fingerprints) for hours in ranges],
         cursor=json.dumps(next_cursor, sort_keys=True),
+    )
+
+
+def hours_awaiting_products(lake: Lake, since: str) -> tuple[list[str], int]:
+    """Hours from `since` (a partition key) holding views quarantined as `unknown_product`
+    whose product is in the catalogue now, and how many such views there are."""
+    if not (lake.exists(QUARANTINE_TABLE) and lake.exists("products")):
+        return [], 0
+    awaiting = (
+        lake.scan(QUARANTINE_TABLE)
+        .filter(
+            (pl.col("target_table") == "product_views")
+            & (pl.col("reason") == "unknown_product")
+            & (pl.col("partition_key") >= since)
+        )
+        .select(
+            "partition_key",
+            product_id=pl.col("raw")
+            .str.json_path_match("$.product_id")
+            .str.strip_chars()
+            .cast(pl.Int64, strict=False),
+        )
+        .join(lake.scan("products").select("product_id").unique(), on="product_id", how="semi")
+        .collect()
+    )
+    return sorted(set(awaiting["partition_key"])), awaiting.height
+
+
+@dg.asset_sensor(
+    asset_key=keys.PRODUCTS,
+    job=clickstream_job,
+    description=(
+        "When the catalogue is refreshed, reloads the recent hours whose product views were "
+        "quarantined for a product the catalogue did not hold yet."
+    ),
+)
+def views_awaiting_products_sensor(
+    context: dg.SensorEvaluationContext, asset_event: dg.EventLogEntry, lake: Lake
+) -> dg.SensorResult | dg.SkipReason:
+    """The catalogue loads with the weekly refresh and product views hourly, so views of a
+    product launched since the last refresh are quarantined as `unknown_product`. Each time
+    the catalogue materialises, every hour of the last CURSOR_RETENTION holding such views of
+    a product it now holds is loaded again (a whole hour is replaced, so reloading is safe)."""
+    since = (datetime.now(UTC) - CURSOR_RETENTION).strftime(PARTITION_FORMAT)
+    hours, views = hours_awaiting_products(lake, since)
+    available = set(HOURLY_PARTITIONS.get_partition_keys(current_time=datetime.now(UTC)))
+    hours = [hour for hour in hours if hour in available]
+    if not hours:
+        return dg.SkipReason("No recent product views await a product the catalogue now holds.")
+    ranges = contiguous_ranges(hours)
+    context.log.info(
+        f"{views} quarantined product views in {len(hours)} hours are of products the "
+        f"catalogue now holds; requesting {len(ranges)} runs to load those hours again"
+    )
+    refresh = f"{asset_event.run_id}@{asset_event.timestamp}"
+    return dg.SensorResult(
+        run_requests=[
+            run_request_for(hours, dict.fromkeys(hours, f"products@{refresh}")) for hours in ranges
+        ]
     )
