@@ -107,6 +107,7 @@ bench: setup serving-setup
 	$(PY) -m benchmarks.weekly_table
 	$(PY) -m benchmarks.learned_rule
 	$(PY) -m benchmarks.als_signal
+	$(PY) -m benchmarks.view_duplicates
 	$(PY) -m benchmarks.training
 	$(PY) -m benchmarks.serving_load
 

@@ -7,7 +7,7 @@ import pytest
 
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.sources.clickstream import read_landed_file
-from contoso_recs_tests.conftest import load_hour, materialization, view_line
+from contoso_recs_tests.conftest import load_hour, materialization, run_job, view_line
 
 HOUR = datetime(2026, 11, 20, 10)
 PARTITION = "2026-11-20-10:00"
@@ -156,3 +156,53 @@ def test_a_file_still_being_uploaded_is_left_for_a_later_run(
 
     assert materialization(result, "lake", "product_views")["files_read"] == 1
     assert lake.read("product_views")["event_id"].to_list() == ["e1"]
+
+
+@pytest.mark.parametrize("as_one_range", [False, True])
+def test_a_view_sent_again_in_a_later_hour_is_loaded_once(
+    as_one_range, sources, catalogue, data_dir, instance, lake
+):
+    """An app that was not sure its upload went through sends the view again with the next."""
+    next_hour = datetime(2026, 11, 20, 11)
+    sources.clickstream_file(HOUR, "part-0000.jsonl", [view_line("e1"), view_line("e2")])
+    sources.clickstream_file(
+        next_hour,
+        "part-0000.jsonl",
+        [view_line("e1"), view_line("e3", viewed_at="2026-11-20T11:01:00.000Z")],
+    )
+    if as_one_range:
+        result = run_job(
+            "clickstream_hourly",
+            data_dir,
+            instance,
+            tags={
+                "dagster/asset_partition_range_start": PARTITION,
+                "dagster/asset_partition_range_end": "2026-11-20-11:00",
+            },
+        )
+        assert result.success
+        rejects = lake.read(QUARANTINE_TABLE)
+        assert rejects.select("partition_key", "reason").rows() == [
+            ("2026-11-20-11:00", "duplicate")
+        ]
+    else:
+        load_hour(data_dir, instance, PARTITION)
+        later = materialization(
+            load_hour(data_dir, instance, "2026-11-20-11:00"), "lake", "product_views"
+        )
+        assert (later["rows_read"], later["rows_loaded"], later["quarantined_by_reason"]) == (
+            2,
+            1,
+            {"duplicate": 1},
+        )
+    expected = [("e1", PARTITION), ("e2", PARTITION), ("e3", "2026-11-20-11:00")]
+    views = lake.read("product_views").sort("event_id")
+    assert views.select("event_id", "landed_hour").rows() == expected
+
+    load_hour(data_dir, instance, PARTITION)
+    load_hour(data_dir, instance, "2026-11-20-11:00")
+
+    views = lake.read("product_views").sort("event_id")
+    assert views.select("event_id", "landed_hour").rows() == expected
+    rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_views")
+    assert rejects.select("partition_key", "reason").rows() == [("2026-11-20-11:00", "duplicate")]

@@ -2,6 +2,7 @@
 
 import io
 import warnings
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import dagster as dg
@@ -47,10 +48,16 @@ RAW_SCHEMA = dict.fromkeys(RAW_FIELDS, pl.String)
 # A view may reach the landing zone late (an app that was offline), never from the future.
 CLOCK_SKEW = timedelta(minutes=5)
 OLDEST_LATE_VIEW = timedelta(days=7)
+NO_EVENT_IDS = pl.Series("event_id", [], dtype=pl.String)
 
 
-def product_views_contract(hour: datetime, known_product_ids: pl.Series) -> Contract:
+def product_views_contract(
+    hour: datetime, known_product_ids: pl.Series, loaded_elsewhere: pl.Series | None = None
+) -> Contract:
+    """`loaded_elsewhere`: event ids already loaded in another hour (an app that sent a view
+    again with a later upload); such a copy is a `duplicate`."""
     viewed_at = pl.col("viewed_at")
+    loaded_elsewhere = NO_EVENT_IDS if loaded_elsewhere is None else loaded_elsewhere
     return Contract(
         columns=[
             Column("event_id", required=True),
@@ -78,6 +85,7 @@ def product_views_contract(hour: datetime, known_product_ids: pl.Series) -> Cont
                 (viewed_at >= hour + timedelta(hours=1) + CLOCK_SKEW)
                 | (viewed_at < hour - OLDEST_LATE_VIEW),
             ),
+            Rule("duplicate", pl.col("event_id").is_in(loaded_elsewhere.implode())),
         ],
         unique_key=["event_id"],
     )
@@ -166,10 +174,22 @@ def _no_rejects() -> pl.DataFrame:
     return pl.DataFrame(schema=QUARANTINE_SCHEMA)
 
 
-def conform_hour(
-    landing: LandingZone, hour: datetime, known_product_ids: pl.Series
-) -> tuple[Conformed, int]:
-    """Read every file of one hour and conform its product views; also returns the file count."""
+@dataclass(frozen=True)
+class LandedHour:
+    """The raw rows of one hour's files, the lines rejected while reading, and the file count."""
+
+    hour: datetime
+    raw: pl.DataFrame
+    rejects: pl.DataFrame
+    files: int
+
+    @property
+    def event_ids(self) -> pl.Series:
+        return self.raw["event_id"].str.strip_chars().drop_nulls().unique()
+
+
+def read_hour(landing: LandingZone, hour: datetime) -> LandedHour:
+    """Read every file of one hour into raw text rows."""
     landed = landing.list_files(CLICKSTREAM_CONTAINER, clickstream_hour_prefix(hour))
     files = [file for file in landed if file.path.endswith(CLICKSTREAM_SUFFIX)]
     if len(files) < len(landed):
@@ -178,7 +198,7 @@ def conform_hour(
             f"hour {clickstream_hour_prefix(hour)}: left out files not ending in "
             f"{CLICKSTREAM_SUFFIX} (uploads in progress or stray files): {skipped}"
         )
-    raw_frames, rejects = [], []
+    raw_frames, rejects = [], [_no_rejects()]
     for landed in files:
         rows, bad = read_landed_file(
             landed.path, landing.read_bytes(CLICKSTREAM_CONTAINER, landed.path)
@@ -190,14 +210,43 @@ def conform_hour(
         if raw_frames
         else _with_line_numbers(pl.DataFrame(schema=RAW_SCHEMA), "", [])
     )
+    return LandedHour(hour, raw, pl.concat(rejects), len(files))
+
+
+def conform_hour(
+    landed: LandedHour, known_product_ids: pl.Series, loaded_elsewhere: pl.Series | None = None
+) -> Conformed:
+    """Conform one hour's product views; `loaded_elsewhere`: event ids loaded in other hours."""
     ref = pl.format("{}:{}", pl.col("_file"), pl.col("_line"))
-    conformed = conform(
-        raw,
-        product_views_contract(hour, known_product_ids),
+    return conform(
+        landed.raw,
+        product_views_contract(landed.hour, known_product_ids, loaded_elsewhere),
         ref,
-        quarantined_before=pl.concat(rejects) if rejects else None,
+        quarantined_before=landed.rejects,
     )
-    return conformed, len(files)
+
+
+def events_in_other_hours(lake: Lake, event_ids: pl.Series, first: str, last: str) -> pl.Series:
+    """Which of `event_ids` the lake holds in hours before `first` or after `last` (partition
+    keys), as near as a re-sent copy can land: both copies land within OLDEST_LATE_VIEW (and
+    the clock skew) of the view, so only the days that far around the range are read."""
+    if event_ids.is_empty() or not lake.exists("product_views"):
+        return NO_EVENT_IDS
+    reach = OLDEST_LATE_VIEW + CLOCK_SKEW + timedelta(days=1)
+    start = datetime.strptime(first, PARTITION_FORMAT) - reach
+    end = datetime.strptime(last, PARTITION_FORMAT) + reach
+    found = (
+        lake.scan("product_views")
+        .filter(
+            pl.col("landed_date").is_between(pl.lit(f"{start:%Y-%m-%d}"), pl.lit(f"{end:%Y-%m-%d}"))
+            & ((pl.col("landed_hour") < pl.lit(first)) | (pl.col("landed_hour") > pl.lit(last)))
+            & pl.col("event_id").is_in(event_ids.implode())
+        )
+        .select("event_id")
+        .unique()
+        .collect()
+    )
+    return found["event_id"]
 
 
 def hours_in(window: dg.TimeWindow) -> list[datetime]:
@@ -234,9 +283,18 @@ def product_views(
         if lake.exists("products")
         else pl.Series("product_id", [], dtype=pl.Int64)
     )
+    first, last = context.partition_key_range.start, context.partition_key_range.end
+    hours = [read_hour(landing_zone, hour) for hour in hours_in(context.partition_time_window)]
+    # One lookup for the whole run: which of its event ids are loaded in the hours around it.
+    run_ids = pl.concat([NO_EVENT_IDS] + [h.event_ids for h in hours])
+    outside = events_in_other_hours(lake, run_ids.unique(), first, last)
     loaded, rejected, files, silent_hours = [], [], 0, 0
-    for hour in hours_in(context.partition_time_window):
-        conformed, file_count = conform_hour(landing_zone, hour, known_products)
+    for landed in hours:
+        # Of the hour's event ids, those loaded by an earlier hour of this run.
+        earlier = pl.concat([NO_EVENT_IDS] + [f["event_id"] for f in loaded])
+        in_run = earlier.filter(earlier.is_in(landed.event_ids.implode()))
+        conformed = conform_hour(landed, known_products, pl.concat([outside, in_run]))
+        hour, file_count = landed.hour, landed.files
         key = hour.strftime(PARTITION_FORMAT)
         files += file_count
         silent_hours += file_count == 0
@@ -249,7 +307,6 @@ def product_views(
         context.log.info(f"hour {key}: {file_count} files, product views {conformed.summary()}")
 
     views, rejects = pl.concat(loaded), pl.concat(rejected)
-    first, last = context.partition_key_range.start, context.partition_key_range.end
     write = lake.replace_where(
         "product_views",
         views,
