@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
+from contoso_recs.sources import clickstream
 from contoso_recs.sources.clickstream import read_landed_file
 from contoso_recs_tests.conftest import load_hour, materialization, run_job, view_line
 
@@ -158,11 +159,13 @@ def test_a_file_still_being_uploaded_is_left_for_a_later_run(
     assert lake.read("product_views")["event_id"].to_list() == ["e1"]
 
 
-@pytest.mark.parametrize("as_one_range", [False, True])
+@pytest.mark.parametrize("as_one_range, chunk_hours", [(False, 24), (True, 24), (True, 1)])
 def test_a_view_sent_again_in_a_later_hour_is_loaded_once(
-    as_one_range, sources, catalogue, data_dir, instance, lake
+    as_one_range, chunk_hours, sources, catalogue, data_dir, instance, lake, monkeypatch
 ):
-    """An app that was not sure its upload went through sends the view again with the next."""
+    """An app that was not sure its upload went through sends the view again with the next.
+    Loaded hour by hour, as one range, and as one range read an hour at a time (chunks)."""
+    monkeypatch.setattr(clickstream, "CHUNK_HOURS", chunk_hours)
     next_hour = datetime(2026, 11, 20, 11)
     sources.clickstream_file(HOUR, "part-0000.jsonl", [view_line("e1"), view_line("e2")])
     sources.clickstream_file(

@@ -14,8 +14,9 @@ from deltalake.exceptions import CommitFailedError
 PREVIEW_ROWS = 5
 # Writers of one table in parallel steps (the sources' rejects all go to the quarantine) can
 # conflict at commit: Delta's optimistic concurrency refuses the later commit, and the write is
-# tried again on the new version. Every write here is a MERGE by key or a replacement of one
-# partition, so trying it again gives the same table.
+# tried again on the new version. Every write here is a MERGE by key, a replacement of one
+# partition, or a deletion (a table is created empty first), so trying it again gives the same
+# table.
 COMMIT_ATTEMPTS = 6
 COMMIT_BACKOFF_SECONDS = 0.2
 
@@ -143,7 +144,7 @@ class Lake(dg.ConfigurableResource):
         partition_by: Sequence[str] | None,
     ) -> TableWrite:
         if not self.exists(table):
-            return self._create(table, rows, partition_by)
+            self._create(table, rows, partition_by)
 
         predicate = " AND ".join(f"t.{key} = s.{key}" for key in keys)
         update_when = f"s.{newer_when} > t.{newer_when}" if newer_when else None
@@ -173,9 +174,14 @@ class Lake(dg.ConfigurableResource):
 
     def delete_keys(self, table: str, key: str, values: Sequence[int]) -> TableWrite | None:
         """Delete the rows whose integer `key` is one of `values` in one commit (None: none)."""
-        if not values or not self.exists(table):
+        if not values:
             return None
-        predicate = f"{key} IN ({', '.join(str(int(v)) for v in values)})"
+        return self.delete_where(table, f"{key} IN ({', '.join(str(int(v)) for v in values)})")
+
+    def delete_where(self, table: str, predicate: str) -> TableWrite | None:
+        """Delete the rows matching `predicate` (SQL) in one commit; None when no table."""
+        if not self.exists(table):
+            return None
 
         def delete() -> TableWrite:
             metrics = self.delta_table(table).delete(predicate)
@@ -201,7 +207,7 @@ class Lake(dg.ConfigurableResource):
         self, table: str, rows: pl.DataFrame, predicate: str, partition_by: Sequence[str]
     ) -> TableWrite:
         if not self.exists(table):
-            return self._create(table, rows, partition_by)
+            self._create(table, rows, partition_by)
         rows.write_delta(
             self.uri(table),
             mode="overwrite",
@@ -217,23 +223,17 @@ class Lake(dg.ConfigurableResource):
             rows_updated=0,
         )
 
-    def _create(
-        self, table: str, rows: pl.DataFrame, partition_by: Sequence[str] | None
-    ) -> TableWrite:
+    def _create(self, table: str, rows: pl.DataFrame, partition_by: Sequence[str] | None) -> None:
+        """Create the table empty, with the rows' schema, unless it exists already; the rows are
+        then written as to any table. Writers that create it at the same moment leave it empty,
+        and their writes then conflict and are tried again like any other: a key is never
+        written twice."""
         options = {"partition_by": list(partition_by)} if partition_by else {}
-        rows.write_delta(
+        rows.head(0).write_delta(
             self.uri(table),
-            mode="append",
+            mode="ignore",
             storage_options=self.storage_options() or None,
             delta_write_options=options,
-        )
-        return TableWrite(
-            table=table,
-            uri=self.uri(table),
-            version=self.delta_table(table).version(),
-            rows_written=rows.height,
-            rows_inserted=rows.height,
-            rows_updated=0,
         )
 
     def table_metadata(

@@ -49,6 +49,9 @@ RAW_SCHEMA = dict.fromkeys(RAW_FIELDS, pl.String)
 CLOCK_SKEW = timedelta(minutes=5)
 OLDEST_LATE_VIEW = timedelta(days=7)
 NO_EVENT_IDS = pl.Series("event_id", [], dtype=pl.String)
+# A long run (a backfill, or the sensor catching up) reads and conforms this many hours at a
+# time: one lookup of re-sent views per chunk, and only a chunk's raw text held at once.
+CHUNK_HOURS = 24
 
 
 def product_views_contract(
@@ -226,6 +229,10 @@ def conform_hour(
     )
 
 
+def loaded_ids(frames: list[pl.DataFrame]) -> list[pl.Series]:
+    return [frame["event_id"] for frame in frames]
+
+
 def events_in_other_hours(lake: Lake, event_ids: pl.Series, first: str, last: str) -> pl.Series:
     """Which of `event_ids` the lake holds in hours before `first` or after `last` (partition
     keys), as near as a re-sent copy can land: both copies land within OLDEST_LATE_VIEW (and
@@ -284,27 +291,31 @@ def product_views(
         else pl.Series("product_id", [], dtype=pl.Int64)
     )
     first, last = context.partition_key_range.start, context.partition_key_range.end
-    hours = [read_hour(landing_zone, hour) for hour in hours_in(context.partition_time_window)]
-    # One lookup for the whole run: which of its event ids are loaded in the hours around it.
-    run_ids = pl.concat([NO_EVENT_IDS] + [h.event_ids for h in hours])
-    outside = events_in_other_hours(lake, run_ids.unique(), first, last)
     loaded, rejected, files, silent_hours = [], [], 0, 0
-    for landed in hours:
-        # Of the hour's event ids, those loaded by an earlier hour of this run.
-        earlier = pl.concat([NO_EVENT_IDS] + [f["event_id"] for f in loaded])
-        in_run = earlier.filter(earlier.is_in(landed.event_ids.implode()))
-        conformed = conform_hour(landed, known_products, pl.concat([outside, in_run]))
-        hour, file_count = landed.hour, landed.files
-        key = hour.strftime(PARTITION_FORMAT)
-        files += file_count
-        silent_hours += file_count == 0
-        loaded.append(
-            conformed.loaded.with_columns(
-                landed_hour=pl.lit(key), landed_date=pl.lit(hour.strftime("%Y-%m-%d"))
+    all_hours = hours_in(context.partition_time_window)
+    for start in range(0, len(all_hours), CHUNK_HOURS):
+        chunk = [read_hour(landing_zone, hour) for hour in all_hours[start : start + CHUNK_HOURS]]
+        chunk_ids = pl.concat([NO_EVENT_IDS] + [landed.event_ids for landed in chunk]).unique()
+        # Of the chunk's event ids, those loaded in the hours around the run (one lookup per
+        # chunk) or by an earlier chunk of this run.
+        repeated = [events_in_other_hours(lake, chunk_ids, first, last)]
+        repeated += [ids.filter(ids.is_in(chunk_ids.implode())) for ids in loaded_ids(loaded)]
+        chunk_start = len(loaded)
+        for landed in chunk:
+            ids = landed.event_ids
+            in_chunk = [e.filter(e.is_in(ids.implode())) for e in loaded_ids(loaded[chunk_start:])]
+            conformed = conform_hour(landed, known_products, pl.concat(repeated + in_chunk))
+            hour, file_count = landed.hour, landed.files
+            key = hour.strftime(PARTITION_FORMAT)
+            files += file_count
+            silent_hours += file_count == 0
+            loaded.append(
+                conformed.loaded.with_columns(
+                    landed_hour=pl.lit(key), landed_date=pl.lit(hour.strftime("%Y-%m-%d"))
+                )
             )
-        )
-        rejected.append(conformed.all_quarantined.with_columns(partition_key=pl.lit(key)))
-        context.log.info(f"hour {key}: {file_count} files, product views {conformed.summary()}")
+            rejected.append(conformed.all_quarantined.with_columns(partition_key=pl.lit(key)))
+            context.log.info(f"hour {key}: {file_count} files, product views {conformed.summary()}")
 
     views, rejects = pl.concat(loaded), pl.concat(rejected)
     write = lake.replace_where(

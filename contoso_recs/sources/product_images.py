@@ -130,19 +130,23 @@ def extract_product_images(
         and f.fingerprint not in rejected
     ]
 
+    described = [
+        (file, *describe_image(file, landing_zone.read_bytes(PRODUCT_IMAGES_CONTAINER, file.path)))
+        for file in changed
+    ]
     # One image per product: a second file for a product (12.png beside 012.png) is a duplicate
-    # while the first is still in the container.
+    # while the first is in the container and readable (a broken re-upload of it frees the
+    # product for the second).
     landed_paths = {f.path for f in landed}
+    readable = {file.path for file, manifest, _, _ in described if manifest}
+    reread = {file.path for file in changed}
     owner = {
         p: path
         for p, path in known.select("product_id", "path").iter_rows()
-        if path in landed_paths
+        if path in landed_paths and (path not in reread or path in readable)
     }
     manifests, features, rejects = [], [], []
-    for file in changed:
-        manifest, feature, reject = describe_image(
-            file, landing_zone.read_bytes(PRODUCT_IMAGES_CONTAINER, file.path)
-        )
+    for file, manifest, feature, reject in described:
         if manifest and owner.setdefault(manifest["product_id"], file.path) != file.path:
             reject = {"source_ref": file.path, "raw": file.fingerprint, "reason": "duplicate"}
         if reject:
@@ -169,6 +173,8 @@ def extract_product_images(
         lake.delete_keys("product_images", "product_id", retired)
     )
     write_quarantine(lake, "product_images", pl.DataFrame(rejects, schema=QUARANTINE_SCHEMA))
+    # A file loaded now is no longer a reject: the quarantine keeps the files not loaded.
+    forget_rejects(lake, [m["path"] for m in manifests])
 
     context.log.info(
         f"product images: {len(landed)} files landed, {len(changed)} read (new or changed), "
@@ -201,6 +207,16 @@ def extract_product_images(
             "feature_names": dg.MetadataValue.json(FEATURE_NAMES),
             **note,
         },
+    )
+
+
+def forget_rejects(lake: Lake, paths: list[str]) -> None:
+    """Delete the quarantine rows of these image files."""
+    if not paths or not lake.exists(QUARANTINE_TABLE):
+        return
+    quoted = ", ".join("'" + path.replace("'", "''") + "'" for path in paths)
+    lake.delete_where(
+        QUARANTINE_TABLE, f"target_table = 'product_images' AND source_ref IN ({quoted})"
     )
 
 
