@@ -150,7 +150,8 @@ def main() -> None:
     record(
         "view_duplicates",
         {
-            "description": "The lookup a product-views load makes, once per run, for views re-sent "
+            "description": "The lookup a product-views load makes, once per run of up to 24 hours "
+            "(per 24 hours of a longer run), for views re-sent "
             f"in another hour: the hour's {PER_HOUR:,} event ids against {DAYS} days of "
             f"{PER_HOUR:,} views an hour in the lake (`events_in_other_hours`), beside the "
             "reference, conforming the same hour (`conform`, what the load did before); each "

@@ -319,16 +319,38 @@ def product_view(event_id: str, product_id: int, viewed_at: str) -> str:
     )
 
 
-def test_a_requested_range_runs_the_clickstream_job_and_loads_its_views(
-    tmp_path, instance, clock, monkeypatch
-) -> None:
+def run_requested(
+    request: dg.RunRequest, instance: dg.DagsterInstance, resources: dict
+) -> dg.ExecuteInProcessResult:
+    """Run the hourly job as the daemon would for a sensor's run request."""
+    return (
+        defs()
+        .resolve_job_def("clickstream_hourly")
+        .execute_in_process(
+            instance=instance,
+            partition_key=request.partition_key,
+            tags={**request.tags, "dagster/run_key": request.run_key},
+            resources=resources,
+        )
+    )
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[dict, Lake, Path]:
+    """The local resources over a data folder whose catalogue holds products 10 and 11, its
+    lake, and the Blob root where clickstream files land."""
     data_dir = tmp_path / "data"
     monkeypatch.setenv(DATA_DIR_ENV_VAR, str(data_dir))
     monkeypatch.delenv(ENVIRONMENT_ENV_VAR, raising=False)
-    resources = local_resources(data_dir)
     lake = Lake(root_uri=str(data_dir / "lake"))
     lake.upsert("products", pl.DataFrame({"product_id": [10, 11]}), ["product_id"])
-    blob = clickstream_root(data_dir).parent
+    return local_resources(data_dir), lake, clickstream_root(data_dir).parent
+
+
+def test_a_requested_range_runs_the_clickstream_job_and_loads_its_views(
+    world, instance, clock
+) -> None:
+    resources, lake, blob = world
     land(blob, "2026-11-20-10:00", text=product_view("e1", 10, "2026-11-20T10:15:00.000Z") + "\n")
     land(
         blob,
@@ -346,13 +368,7 @@ def test_a_requested_range_runs_the_clickstream_job_and_loads_its_views(
     )
     (request,) = clickstream_sensor(context).run_requests
 
-    job = defs().resolve_job_def("clickstream_hourly")
-    run = job.execute_in_process(
-        instance=instance,
-        partition_key=request.partition_key,
-        tags={**request.tags, "dagster/run_key": request.run_key},
-        resources=resources,
-    )
+    run = run_requested(request, instance, resources)
 
     assert run.success
     assert instance.get_materialized_partitions(keys.PRODUCT_VIEWS) == {
@@ -377,31 +393,18 @@ def test_a_requested_range_runs_the_clickstream_job_and_loads_its_views(
 
 
 def test_views_quarantined_for_a_product_the_refreshed_catalogue_now_holds_are_loaded(
-    tmp_path, instance, clock, monkeypatch
+    world, instance, clock
 ) -> None:
     """The catalogue refreshes weekly, product views hourly: a view of a product launched
     since the last refresh is quarantined, and its hour is loaded again once the catalogue,
     refreshed, holds the product. Real instance, real runs of the hourly job."""
-    data_dir = tmp_path / "data"
-    monkeypatch.setenv(DATA_DIR_ENV_VAR, str(data_dir))
-    monkeypatch.delenv(ENVIRONMENT_ENV_VAR, raising=False)
-    resources = local_resources(data_dir)
-    lake = Lake(root_uri=str(data_dir / "lake"))
-    lake.upsert("products", pl.DataFrame({"product_id": [10, 11]}), ["product_id"])
-    blob = clickstream_root(data_dir).parent
+    resources, lake, blob = world
     land(blob, "2026-11-20-10:00", text=product_view("e1", 99, "2026-11-20T10:15:00.000Z") + "\n")
     land(blob, "2026-11-20-11:00", text=product_view("e2", 11, "2026-11-20T11:05:00.000Z") + "\n")
     land(blob, "2026-11-20-12:00", text=product_view("e3", 98, "2026-11-20T12:05:00.000Z") + "\n")
-    job = defs().resolve_job_def("clickstream_hourly")
 
     def run(request: dg.RunRequest) -> None:
-        result = job.execute_in_process(
-            instance=instance,
-            partition_key=request.partition_key,
-            tags={**request.tags, "dagster/run_key": request.run_key},
-            resources=resources,
-        )
-        assert result.success
+        assert run_requested(request, instance, resources).success
 
     def refresh_catalogue(cursor: str | None):
         instance.report_runless_asset_event(dg.AssetMaterialization(keys.PRODUCTS))

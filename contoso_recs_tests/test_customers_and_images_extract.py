@@ -160,6 +160,11 @@ def test_a_quarantined_image_is_not_read_again_until_it_changes(sources, data_di
     assert rejects.is_empty()  # loaded now: the quarantine keeps the files not loaded
 
 
+def image_rejects(lake) -> list[tuple[str, str]]:
+    rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_images")
+    return list(rejects.select("source_ref", "reason").iter_rows())
+
+
 def image_products(lake) -> tuple[list, list]:
     manifest = lake.read("product_images").sort("product_id")
     features = lake.read("product_image_features").sort("product_id")
@@ -210,10 +215,7 @@ def test_the_manifest_follows_deleted_renamed_and_broken_images(sources, data_di
     )
     assert (manifest["images_gone"], manifest["rows_deleted"]) == (2, 2)
     assert image_products(lake) == ([(11, "011.png")], [11])
-    rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_images")
-    assert list(rejects.select("source_ref", "reason").iter_rows()) == [
-        ("12.png", "unreadable_image")
-    ]
+    assert image_rejects(lake) == [("12.png", "unreadable_image")]
 
 
 def test_a_duplicate_image_loads_once_the_image_it_duplicated_is_gone(
@@ -246,10 +248,7 @@ def test_a_broken_re_upload_gives_the_product_to_its_waiting_duplicate(
 
     assert manifest["images_gone"] == 0
     assert image_products(lake) == ([(12, "012.png")], [12])
-    rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_images")
-    assert list(rejects.select("source_ref", "reason").iter_rows()) == [
-        ("12.png", "unreadable_image")
-    ]
+    assert image_rejects(lake) == [("12.png", "unreadable_image")]
 
 
 def test_sources_without_images_or_profiles_give_empty_tables_that_say_so(

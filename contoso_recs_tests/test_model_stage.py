@@ -99,7 +99,7 @@ def test_training_runs_through_pipes_and_reports_each_epoch_and_the_lake_version
     assert candidate["epochs"] == 2
     assert len(candidate["loss_by_epoch"]) == 2
     assert candidate["examples_per_second"] > 0
-    assert candidate["lake_versions"]["order_lines"] == 0
+    assert candidate["lake_versions"]["order_lines"] == 1  # created empty at 0, loaded at 1
     store = local_resources(tiny_lake)["model_store"]
     card = store.card(candidate["model_version"])
     assert card["lake_versions"] == candidate["lake_versions"]
