@@ -18,7 +18,8 @@ def write_quarantine(
 
     For a partitioned table the quarantine of the partitions in `partition_range` is replaced
     as a whole, so a rerun of an hour leaves exactly that hour's rejects; otherwise rows are
-    upserted by their source reference, so re-reading a source row does not record it twice.
+    upserted by their source reference, so re-reading a source row does not record it twice
+    (and, unchanged, commits nothing).
     """
     partition_key = pl.lit(NO_PARTITION) if partition_range is None else pl.col("partition_key")
     framed = rows.with_columns(target_table=pl.lit(target_table)).with_columns(
@@ -47,4 +48,5 @@ def write_quarantine(
         framed,
         keys=["target_table", "partition_key", "source_ref"],
         partition_by=["target_table"],
+        when_changed=["reason", "raw"],
     )

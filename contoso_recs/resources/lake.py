@@ -125,14 +125,20 @@ class Lake(dg.ConfigurableResource):
         keys: Sequence[str],
         newer_when: str | None = None,
         partition_by: Sequence[str] | None = None,
+        when_changed: Sequence[str] | None = None,
     ) -> TableWrite:
         """MERGE rows into the table by key: insert new keys, update existing ones.
 
         With `newer_when` (a column such as `modified_at`), an existing row is only replaced by
-        a strictly newer one, so re-reading old source rows never rolls a table back.
+        a strictly newer one, so re-reading old source rows never rolls a table back. With
+        `when_changed` (columns), only when one of them differs: a MERGE that changes nothing
+        commits no new version.
         """
+        update_when = f"s.{newer_when} > t.{newer_when}" if newer_when else None
+        if when_changed:
+            update_when = " OR ".join(f"(s.{c} IS DISTINCT FROM t.{c})" for c in when_changed)
         return self.committed(
-            table, lambda: self._merge(table, rows, keys, newer_when, partition_by)
+            table, lambda: self._merge(table, rows, keys, update_when, partition_by)
         )
 
     def _merge(
@@ -140,14 +146,13 @@ class Lake(dg.ConfigurableResource):
         table: str,
         rows: pl.DataFrame,
         keys: Sequence[str],
-        newer_when: str | None,
+        update_when: str | None,
         partition_by: Sequence[str] | None,
     ) -> TableWrite:
         if not self.exists(table):
             self._create(table, rows, partition_by)
 
         predicate = " AND ".join(f"t.{key} = s.{key}" for key in keys)
-        update_when = f"s.{newer_when} > t.{newer_when}" if newer_when else None
         metrics = (
             rows.write_delta(
                 self.uri(table),
