@@ -187,7 +187,7 @@ def views_awaiting_products_sensor(
         return dg.SkipReason("No recent product views await a product the catalogue now holds.")
     # One run over the span of those hours: runs of the product views at the same time could
     # each miss a view the other loads (a re-sent copy), so this sensor asks for one.
-    span = hour_keys_between(hours[0], hours[-1])
+    span = HOURLY_PARTITIONS.get_partition_keys_in_range(dg.PartitionKeyRange(hours[0], hours[-1]))
     context.log.info(
         f"{views} quarantined product views in {len(hours)} hours are of products the "
         f"catalogue now holds; requesting one run to load the {len(span)} hours from "
@@ -197,13 +197,3 @@ def views_awaiting_products_sensor(
     return dg.SensorResult(
         run_requests=[run_request_for(span, dict.fromkeys(span, f"products@{refresh}"))]
     )
-
-
-def hour_keys_between(first: str, last: str) -> list[str]:
-    """Every hourly partition key from `first` to `last`, both included."""
-    hour, end = (datetime.strptime(key, PARTITION_FORMAT) for key in (first, last))
-    keys_between = []
-    while hour <= end:
-        keys_between.append(hour.strftime(PARTITION_FORMAT))
-        hour += timedelta(hours=1)
-    return keys_between

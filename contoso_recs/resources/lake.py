@@ -134,9 +134,11 @@ class Lake(dg.ConfigurableResource):
         `when_changed` (columns), only when one of them differs: a MERGE that changes nothing
         commits no new version.
         """
-        update_when = f"s.{newer_when} > t.{newer_when}" if newer_when else None
+        conditions = [f"s.{newer_when} > t.{newer_when}"] if newer_when else []
         if when_changed:
-            update_when = " OR ".join(f"(s.{c} IS DISTINCT FROM t.{c})" for c in when_changed)
+            changed = " OR ".join(f"(s.{c} IS DISTINCT FROM t.{c})" for c in when_changed)
+            conditions.append(changed)
+        update_when = " AND ".join(f"({c})" for c in conditions) or None
         return self.committed(
             table, lambda: self._merge(table, rows, keys, update_when, partition_by)
         )
