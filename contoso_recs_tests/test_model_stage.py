@@ -1,6 +1,6 @@
 """The model stage: training through Pipes, evaluation, the blocking promotion gate."""
 
-from datetime import timedelta
+from datetime import date, timedelta
 
 import dagster as dg
 import pytest
@@ -125,6 +125,22 @@ def test_a_candidate_through_the_gate_becomes_the_promoted_model(tiny_lake, inst
     assert store.current_version() == version
     assert materialization(result, "model", "promoted_model")["model_version"] == version
     assert store.card(version)["gate"]["passed"] is True
+
+
+def test_a_training_run_removes_the_versions_older_than_the_newest_kept(tiny_lake, instance):
+    store = local_resources(tiny_lake)["model_store"]
+    cutoffs = [date(2020, 1, 6) + timedelta(days=7 * week) for week in range(13)]
+    old = [f"{cutoff:%Y%m%d}-old" for cutoff in cutoffs]  # more than it keeps, all older
+    for version, cutoff in zip(old, cutoffs, strict=True):
+        store.write_card(version, {"cutoff": cutoff.isoformat()})
+    assert len(old) == store.keep_versions + 1
+
+    result = train_and_promote(tiny_lake, instance)
+
+    version = materialization(result, "model", "two_tower_candidate")["model_version"]
+    assert materialization(result, "model", "two_tower_candidate")["versions_removed"] == old[:2]
+    assert store.versions() == sorted([*old[2:], version])
+    assert not (tiny_lake / "models" / old[0]).exists()
 
 
 def test_a_gate_verdict_is_what_allows_promotion():

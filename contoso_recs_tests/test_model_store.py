@@ -1,12 +1,22 @@
-"""The model store: cards and the promotion pointer are replaced whole or not at all."""
+"""The model store: cards and the promotion pointer are replaced whole or not at all, and old
+versions are removed whole, never the promoted one."""
 
 import json
 import multiprocessing
 import os
+import shutil
+from datetime import date, timedelta
 
 import pytest
 
-from contoso_recs.resources.model_store import CARD_FILE, CURRENT_FILE, ModelStore
+from contoso_recs.recommender import learned
+from contoso_recs.resources.model_store import (
+    CARD_FILE,
+    CURRENT_FILE,
+    MIN_KEEP_VERSIONS,
+    REMOVING_PREFIX,
+    ModelStore,
+)
 
 
 def store_with(tmp_path, *versions: str) -> ModelStore:
@@ -80,3 +90,69 @@ def test_a_damaged_promotion_pointer_is_a_clear_error(tmp_path, text):
     store.promote("v1")  # promoting again mends it
     assert store.current_version() == "v1"
     assert json.loads((tmp_path / CURRENT_FILE).read_text()) == {"version": "v1"}
+
+
+def weekly_store(tmp_path, weeks: int, **config) -> ModelStore:
+    """A store with one version a week, oldest first: `2026MMDD-w<n>` with its cutoff."""
+    store = ModelStore(root=str(tmp_path), **config)
+    for week in range(weeks):
+        cutoff = date(2026, 1, 5) + timedelta(days=7 * week)
+        store.write_card(f"{cutoff:%Y%m%d}-w{week}", {"cutoff": cutoff.isoformat()})
+    return store
+
+
+def test_old_versions_go_but_the_newest_and_the_promoted_one_stay(tmp_path):
+    store = weekly_store(tmp_path, 8, keep_versions=4)
+    oldest, *_ = store.versions()
+    store.promote(oldest)  # a rollback to the first model
+    training = tmp_path / "20260301-training"  # a model still training: no card yet
+    (training / "weights").mkdir(parents=True)
+
+    removed = store.remove_old_versions()
+
+    assert removed == ["20260112-w1", "20260119-w2", "20260126-w3"]
+    assert store.versions() == [oldest, "20260202-w4", "20260209-w5", "20260216-w6", "20260223-w7"]
+    assert store.current_version() == oldest
+    assert (training / "weights").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    assert store.remove_old_versions() == []  # nothing more to remove
+
+
+def test_versions_are_ordered_by_cutoff_then_training_time_not_by_name(tmp_path):
+    store = ModelStore(root=str(tmp_path), keep_versions=4)
+    cards = {  # name: (cutoff, trained_at)
+        "zz-oldest": ("2026-01-05", "2026-01-05T08:00:00"),
+        "aa-newest": ("2026-02-02", "2026-02-02T09:00:00"),
+        "bb-retrained": ("2026-01-26", "2026-01-27T09:00:00"),
+        "cc-first-try": ("2026-01-26", "2026-01-26T09:00:00"),
+        "dd": ("2026-01-19", "2026-01-19T09:00:00"),
+    }
+    for name, (cutoff, trained_at) in cards.items():
+        store.write_card(name, {"cutoff": cutoff, "trained_at": trained_at})
+    store.update_card("zz-oldest", gate={"passed": True})  # a newer card, not a newer model
+
+    assert store.remove_old_versions() == ["zz-oldest"]
+
+
+def test_a_removal_cut_short_is_finished_by_the_next_one(tmp_path, monkeypatch):
+    store = weekly_store(tmp_path, 5, keep_versions=4)
+
+    def power_cut(path, ignore_errors=False):
+        raise KeyboardInterrupt  # the process stops after the rename, before the deletion
+
+    monkeypatch.setattr(shutil, "rmtree", power_cut)
+    with pytest.raises(KeyboardInterrupt):
+        store.remove_old_versions()
+    monkeypatch.undo()
+
+    assert len(store.versions()) == 4  # the version being removed is gone from the store at once
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(REMOVING_PREFIX)]
+    assert len(leftovers) == 1 and (leftovers[0] / CARD_FILE).exists()
+    assert store.remove_old_versions() == []
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(REMOVING_PREFIX)]
+
+
+def test_fewer_versions_than_a_retrain_rule_learns_from_are_refused():
+    assert MIN_KEEP_VERSIONS >= learned.RULE_WEEKS
+    with pytest.raises(Exception, match="greater than or equal to 4"):
+        ModelStore(root="models", keep_versions=MIN_KEEP_VERSIONS - 1)

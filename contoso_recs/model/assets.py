@@ -4,7 +4,7 @@ import base64
 import json
 import sys
 import warnings
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
@@ -116,14 +116,26 @@ def two_tower_candidate(
             "training": reported,
             "parameters": json.loads((bundle / "config.json").read_text()),
             "run_id": context.run_id,
+            "trained_at": datetime.now(UTC).isoformat(),
         },
     )
+    try:
+        removed = model_store.remove_old_versions()
+    except OSError as error:  # the new model is kept whatever happens to the old ones
+        context.log.warning(f"old model versions not removed: {error}")
+        removed = []
+    if removed:
+        context.log.info(
+            f"removed {len(removed)} model versions older than the "
+            f"{model_store.keep_versions} newest: {', '.join(removed)}"
+        )
     return dg.MaterializeResult(
         metadata={
             **result.metadata,
             "model_version": dg.MetadataValue.text(version),
             "cutoff": dg.MetadataValue.text(cutoff.isoformat()),
             "lake_versions": dg.MetadataValue.json(versions),
+            "versions_removed": dg.MetadataValue.json(removed),
         }
     )
 
