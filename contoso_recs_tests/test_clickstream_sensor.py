@@ -506,3 +506,61 @@ def test_a_file_outside_a_zero_padded_hour_folder_is_not_requested(tick, landing
     outcome = tick()
 
     assert requested_spans(outcome) == [("2026-11-25-08:00", "2026-11-25-08:00")]
+
+
+def load_by_hand(hour: str, instance: dg.DagsterInstance, resources: dict) -> None:
+    """Load one hour as `make demo` or a run from the UI does, without the sensor."""
+    job = defs().resolve_job_def("clickstream_hourly")
+    run = job.execute_in_process(instance=instance, partition_key=hour, resources=resources)
+    assert run.success
+
+
+def test_hours_loaded_before_the_first_tick_are_not_loaded_again(world, instance, clock) -> None:
+    """As when the sensor is turned on after `make demo` loaded every landed hour."""
+    resources, _, blob = world
+    hours = ["2026-11-20-10:00", "2026-11-20-11:00", "2026-11-20-12:00"]
+    for n, hour in enumerate(hours):
+        land(blob, hour, text=product_view(f"e{n}", 10, f"{hour[:10]}T{hour[11:13]}:05:00Z") + "\n")
+    for hour in hours[:2]:
+        load_by_hand(hour, instance, resources)
+    land(blob, hours[1], part=1, text=product_view("late", 11, "2026-11-20T11:30:00Z") + "\n")
+    context = dg.build_sensor_context(
+        instance=instance, resources={"landing_zone": resources["landing_zone"]}
+    )
+
+    first = clickstream_sensor(context)
+
+    # 10:00 was loaded after its file landed; 11:00 has a file that landed after its load,
+    # and 12:00 was never loaded.
+    assert requested_spans(first) == [("2026-11-20-11:00", "2026-11-20-12:00")]
+    again = dg.build_sensor_context(
+        instance=instance,
+        cursor=first.cursor,
+        resources={"landing_zone": resources["landing_zone"]},
+    )
+    assert isinstance(clickstream_sensor(again), dg.SkipReason)
+
+
+def test_a_first_tick_after_every_hour_was_loaded_keeps_them_in_its_cursor(
+    world, instance, clock
+) -> None:
+    resources, _, blob = world
+    hour = "2026-11-20-10:00"
+    land(blob, hour, text=product_view("e1", 10, "2026-11-20T10:05:00Z") + "\n")
+    load_by_hand(hour, instance, resources)
+    context = dg.build_sensor_context(
+        instance=instance, resources={"landing_zone": resources["landing_zone"]}
+    )
+
+    first = clickstream_sensor(context)
+
+    assert isinstance(first, dg.SensorResult) and not first.run_requests
+    assert "No new clickstream files in 1 landed hours" in first.skip_reason.skip_message
+    assert hour in json.loads(first.cursor)["hours"]
+    land(blob, hour, part=1, text=product_view("e2", 10, "2026-11-20T10:45:00Z") + "\n")
+    later = dg.build_sensor_context(
+        instance=instance,
+        cursor=first.cursor,
+        resources={"landing_zone": resources["landing_zone"]},
+    )
+    assert requested_spans(clickstream_sensor(later)) == [(hour, hour)]

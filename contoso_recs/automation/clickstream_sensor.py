@@ -57,6 +57,48 @@ def hour_fingerprints(files: list[LandedFile]) -> dict[str, str]:
     }
 
 
+def newest_file_per_hour(files: list[LandedFile]) -> dict[str, datetime]:
+    """When the newest file of each landed hour (partition key) landed or last changed."""
+    newest: dict[str, datetime] = {}
+    for file in files:
+        if (hour := hour_of(file.path)) is not None:
+            newest[hour] = max(newest.get(hour, file.modified_at), file.modified_at)
+    return newest
+
+
+def hours_loaded_after_landing(
+    instance: dg.DagsterInstance, newest: dict[str, datetime]
+) -> set[str]:
+    """Of these hours (partition key: when its newest file landed), those whose latest load of
+    product views started after that: loaded by a run the sensor did not ask for (`make demo`,
+    a backfill from the UI) or before its cursor was reset."""
+    if not newest:
+        return set()
+    latest_run: dict[str, str] = {}
+    cursor = None
+    while True:
+        result = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=keys.PRODUCT_VIEWS, asset_partitions=sorted(newest)),
+            limit=1_000,
+            cursor=cursor,
+        )
+        for record in result.records:  # newest first
+            if record.partition_key is not None:
+                latest_run.setdefault(record.partition_key, record.run_id)
+        if not result.has_more:
+            break
+        cursor = result.cursor
+    started = {}
+    for run_id in set(latest_run.values()):
+        record = instance.get_run_record_by_id(run_id)
+        started[run_id] = record.start_time if record is not None else None
+    return {
+        hour
+        for hour, run_id in latest_run.items()
+        if started[run_id] is not None and started[run_id] > newest[hour].timestamp()
+    }
+
+
 def contiguous_ranges(partition_keys: list[str]) -> list[list[str]]:
     """Group sorted hourly partition keys into runs of consecutive hours, each bounded in size."""
     ranges: list[list[str]] = []
@@ -94,8 +136,10 @@ def clickstream_sensor(
     """Compares each landed hour's files with the cursor and asks for runs of changed hours.
 
     The cursor keeps the fingerprint of each recent hour already requested, so a late or
-    replaced file re-requests its hour and an unchanged landing zone requests nothing. Hours
-    older than the retention window are settled: a file landing for them is not looked at.
+    replaced file re-requests its hour and an unchanged landing zone requests nothing. An hour
+    the cursor has not seen is not requested when its latest load started after its newest file
+    landed (the first tick after `make demo` asks for nothing). Hours older than the retention
+    window are settled: a file landing for them is not looked at.
     """
     cursor = json.loads(context.cursor) if context.cursor else {}
     seen: dict[str, str] = cursor.get("hours", {})
@@ -115,28 +159,48 @@ def clickstream_sensor(
         for key, fingerprint in fingerprints.items()
         if key in available and key >= settled_before and seen.get(key) != fingerprint
     )
+    # Hours the cursor has never seen may have been loaded already, by `make demo` or by hand.
+    newest = newest_file_per_hour(files)
+    unseen = {key: newest[key] for key in changed if key not in seen}
+    loaded = hours_loaded_after_landing(context.instance, unseen)
+    if loaded:
+        seen.update({key: fingerprints[key] for key in loaded})
+        changed = [key for key in changed if key not in loaded]
+        context.log.info(
+            f"{len(loaded)} landed hours were loaded after their files landed, by runs this "
+            "sensor did not ask for; they are not loaded again"
+        )
     if not changed:
-        return dg.SkipReason(f"No new clickstream files in {len(fingerprints)} landed hours.")
+        reason = f"No new clickstream files in {len(fingerprints)} landed hours."
+        if not loaded:
+            return dg.SkipReason(reason)
+        return dg.SensorResult(skip_reason=reason, cursor=next_cursor(cursor, seen, [], now))
 
     ranges = contiguous_ranges(changed)[:MAX_RUNS_PER_TICK]
     for hours in ranges:
         seen.update({key: fingerprints[key] for key in hours})
     requested = sum(len(hours) for hours in ranges)
     pending = changed[requested:]
-    horizon = (now - CURSOR_RETENTION).strftime(PARTITION_FORMAT)
-    settled_before = min([horizon, *pending[:1]])
     context.log.info(
         f"{len(changed)} hours with new or changed files; requesting {len(ranges)} runs "
         f"covering {requested} hours, {len(pending)} left for the next ticks"
     )
-    next_cursor = {
+    return dg.SensorResult(
+        run_requests=[run_request_for(hours, fingerprints) for hours in ranges],
+        cursor=next_cursor(cursor, seen, pending, now),
+    )
+
+
+def next_cursor(cursor: dict, seen: dict[str, str], pending: list[str], now: datetime) -> str:
+    """The hours requested or found loaded, from the first one not settled: the retention
+    horizon, or the first hour still waiting for its run when that is older."""
+    horizon = (now - CURSOR_RETENTION).strftime(PARTITION_FORMAT)
+    settled_before = min([horizon, *pending[:1]])
+    kept = {
         "settled_before": max(settled_before, cursor.get("settled_before", "")),
         "hours": {key: value for key, value in seen.items() if key >= settled_before},
     }
-    return dg.SensorResult(
-        run_requests=[run_request_for(hours, fingerprints) for hours in ranges],
-        cursor=json.dumps(next_cursor, sort_keys=True),
-    )
+    return json.dumps(kept, sort_keys=True)
 
 
 def hours_awaiting_products(lake: Lake, since: str) -> tuple[list[str], int]:
