@@ -5,6 +5,7 @@ from datetime import datetime
 import polars as pl
 
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
+from contoso_recs.resources.lake import markdown_preview
 from contoso_recs.sources.clickstream import read_landed_file
 from contoso_recs_tests.conftest import (
     PRODUCT_COLUMNS,
@@ -129,3 +130,23 @@ def test_dwell_time_that_is_not_a_finite_number_is_quarantined(sources, data_dir
     load_hour(data_dir, instance, "2026-11-20-10:00")
 
     assert reasons(lake, "product_views") == ["invalid_dwell_seconds", "invalid_dwell_seconds"]
+
+
+def test_a_wide_preview_keeps_one_line_a_row_and_a_bar_inside_a_cell():
+    names = ["Northwind Mouthwash Extra Fresh 500 ml, twin pack with travel cap", "Salt | Pepper"]
+    frame = pl.DataFrame(
+        {
+            "customer_id": [1, 2],
+            "name": names,
+            "reason": ["you often buy this", "customers who buy yours buy this"],
+            "model_version": ["20261123-2a9f5d29"] * 2,
+            "category": ["Health & Beauty", "Spices"],
+        }
+    )
+
+    lines = markdown_preview(frame).splitlines()
+
+    assert len(lines) == 4  # header, separator, a line per row: nothing wrapped
+    assert all(line.count(" | ") == 4 for line in (lines[0], lines[2]))
+    assert "Salt \\| Pepper" in lines[3] and lines[3].replace("\\|", "").count("|") == 6
+    assert "Northwind Mouthwash Extra Fresh 500 ml, …" in lines[2]

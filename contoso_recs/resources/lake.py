@@ -12,6 +12,8 @@ from deltalake import DeltaTable
 from deltalake.exceptions import CommitFailedError
 
 PREVIEW_ROWS = 5
+# Wider than any preview (polars' limit), so that no cell is wrapped onto a second line.
+MAX_TABLE_WIDTH = 65_535
 # Writers of one table in parallel steps (the sources' rejects all go to the quarantine) can
 # conflict at commit: Delta's optimistic concurrency refuses the later commit, and the write is
 # tried again on the new version. Every write here is a MERGE by key, a replacement of one
@@ -273,7 +275,9 @@ def table_schema(schema: pl.Schema) -> dg.TableSchema:
 
 
 def markdown_preview(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> str:
+    """The first rows as a Markdown table, one line a row: long text is cut, never wrapped."""
     with pl.Config(
+        tbl_width_chars=MAX_TABLE_WIDTH,
         tbl_formatting="MARKDOWN",
         tbl_hide_column_data_types=True,
         tbl_hide_dataframe_shape=True,
@@ -281,4 +285,8 @@ def markdown_preview(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> str:
         tbl_rows=rows,
         tbl_cols=-1,
     ):
-        return str(frame.head(rows))
+        # a | inside a value would end its cell
+        escaped = frame.head(rows).with_columns(
+            pl.col(pl.String).str.replace_all("|", "\\|", literal=True)
+        )
+        return str(escaped)
