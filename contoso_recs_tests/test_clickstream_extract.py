@@ -1,5 +1,6 @@
 """Product views: every bad line quarantined with its reason, hours reloaded idempotently."""
 
+import logging
 from datetime import datetime
 
 import polars as pl
@@ -209,3 +210,49 @@ def test_a_view_sent_again_in_a_later_hour_is_loaded_once(
     assert views.select("event_id", "landed_hour").rows() == expected
     rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_views")
     assert rejects.select("partition_key", "reason").rows() == [("2026-11-20-11:00", "duplicate")]
+
+
+def run_log(instance, result, level: int) -> list[str]:
+    return [
+        entry.user_message
+        for entry in instance.all_logs(result.run_id)
+        if entry.level == level and "product views" in entry.user_message
+    ]
+
+
+def test_a_long_run_logs_a_line_a_day_and_its_hours_at_debug_level(
+    sources, catalogue, data_dir, instance, monkeypatch
+):
+    """An on-call engineer reads one line per hour of an hourly run, and one per day of a
+    backfill (`make demo` loads four weeks), with every hour's line still kept at debug."""
+    monkeypatch.setattr(clickstream, "CHUNK_HOURS", 2)
+    for hour in range(10, 13):
+        moment = datetime(2026, 11, 20, hour)
+        sources.clickstream_file(
+            moment,
+            "part-0000.jsonl",
+            [view_line(f"e{hour}", viewed_at=f"{moment:%Y-%m-%dT%H}:05:00Z")],
+        )
+    single = load_hour(data_dir, instance, PARTITION)
+    span = run_job(
+        "clickstream_hourly",
+        data_dir,
+        instance,
+        tags={
+            "dagster/asset_partition_range_start": PARTITION,
+            "dagster/asset_partition_range_end": "2026-11-20-12:00",
+        },
+    )
+
+    assert single.success and span.success
+    assert run_log(instance, single, logging.INFO)[0].startswith(
+        "hour 2026-11-20-10:00: 1 files, product views read 1, loaded 1"
+    )
+    assert run_log(instance, span, logging.INFO)[:2] == [
+        "hours 2026-11-20-10:00 to 2026-11-20-11:00: 2 files, product views read 2, loaded 2, "
+        "quarantined 0",
+        "hours 2026-11-20-12:00 to 2026-11-20-12:00: 1 files, product views read 1, loaded 1, "
+        "quarantined 0",
+    ]
+    hours = [m for m in run_log(instance, span, logging.DEBUG) if m.startswith("hour ")]
+    assert len(hours) == 3

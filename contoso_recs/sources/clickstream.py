@@ -315,7 +315,19 @@ def product_views(
                 )
             )
             rejected.append(conformed.all_quarantined.with_columns(partition_key=pl.lit(key)))
-            context.log.info(f"hour {key}: {file_count} files, product views {conformed.summary()}")
+            # a long run (a backfill, `make demo`) logs a line a day, its hours at debug level
+            log_hour = context.log.info if len(all_hours) <= CHUNK_HOURS else context.log.debug
+            log_hour(f"hour {key}: {file_count} files, product views {conformed.summary()}")
+        if len(all_hours) > CHUNK_HOURS:
+            day = Conformed(
+                loaded=pl.concat(loaded[chunk_start:]),
+                quarantined=pl.concat(rejected[chunk_start:]).drop("partition_key"),
+            )
+            hours = [landed.hour.strftime(PARTITION_FORMAT) for landed in chunk]
+            context.log.info(
+                f"hours {hours[0]} to {hours[-1]}: {sum(landed.files for landed in chunk)} "
+                f"files, product views {day.summary()}"
+            )
 
     views, rejects = pl.concat(loaded), pl.concat(rejected)
     write = lake.replace_where(
