@@ -112,14 +112,19 @@ def week_pools(lake: Path, models: Path, cache: Path) -> dict:
     return weeks
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def scored_weeks(description: str) -> tuple[argparse.Namespace, dict]:
+    """The command line of a validation-week experiment, and the week pools it names."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--lake", type=Path, default=Path("data/completejourney/lake"))
     parser.add_argument("--models", type=Path, default=Path("data/experiments/als_weight"))
     parser.add_argument("--cache", type=Path, default=Path("data/experiments/rule_weeks.pkl"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    weeks = week_pools(args.lake, args.models, args.cache)
+    return args, week_pools(args.lake, args.models, args.cache)
+
+
+def main() -> None:
+    _, weeks = scored_weeks(__doc__.splitlines()[0])
     explain = SHIPPED_BLENDS["A"]
     print("NDCG@5 / HR@5: weights, rule")  # noqa: T201 (a console report)
     for fitted_on, scored in (*SETUPS, *LONGER):

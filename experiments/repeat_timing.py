@@ -21,19 +21,15 @@ the rule does not take them: its repeat strengths at three half-lives, order cou
 already carry the rhythm. The rank average ranks below the rule in every week.
 """
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import polars as pl
-import torch
 
 from contoso_recs.recommender import learned
 from contoso_recs.recommender.blend import SHIPPED_BLENDS, _lookup, recommend
 from contoso_recs.recommender.data import as_cutoff, before, purchases, read_lake
 from contoso_recs.recommender.ranking import customer_product_matrix
 from experiments.learned_rule_als import task_a
-from experiments.learned_rule_weeks import week_pools
+from experiments.learned_rule_weeks import scored_weeks
 
 TIMING = ("since", "interval", "order_share", "in_last_order", "customer_orders")
 SETUPS = (
@@ -130,13 +126,7 @@ class RankAverage:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lake", type=Path, default=Path("data/completejourney/lake"))
-    parser.add_argument("--models", type=Path, default=Path("data/experiments/als_weight"))
-    parser.add_argument("--cache", type=Path, default=Path("data/experiments/rule_weeks.pkl"))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    weeks = week_pools(args.lake, args.models, args.cache)
+    args, weeks = scored_weeks(__doc__.splitlines()[0])
     bought = purchases(read_lake(str(args.lake)))
     for week, (_, pool) in weeks.items():
         add_timing(pool, bought, week)
