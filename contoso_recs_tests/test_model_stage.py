@@ -128,21 +128,22 @@ def test_a_candidate_through_the_gate_becomes_the_promoted_model(tiny_lake, inst
     assert store.card(version)["gate"]["passed"] is True
 
 
-def test_a_training_run_removes_the_versions_older_than_the_newest_kept(tiny_lake, instance):
+def test_a_training_run_removes_the_models_of_cutoffs_older_than_those_kept(tiny_lake, instance):
     store = local_resources(tiny_lake)["model_store"]
     earlier = store.versions()  # models of this lake trained by earlier tests
     cutoffs = [date(2020, 1, 6) + timedelta(days=7 * week) for week in range(13)]
     old = [f"{cutoff:%Y%m%d}-old" for cutoff in cutoffs]  # more than it keeps, all older
     for version, cutoff in zip(old, cutoffs, strict=True):
         store.write_card(version, {"cutoff": cutoff.isoformat()})
-    assert len(old) == store.keep_versions + 1
-    too_many = len(earlier) + len(old) + 1 - store.keep_versions
+    assert len(old) == store.keep_cutoffs + 1
 
     try:
         result = train_and_promote(tiny_lake, instance)
 
         version = materialization(result, "model", "two_tower_candidate")["model_version"]
         removed = materialization(result, "model", "two_tower_candidate")["versions_removed"]
+        newer = {store.card(v)["cutoff"] for v in [*earlier, version]}
+        too_many = len(old) - (store.keep_cutoffs - len(newer))
         assert removed == old[:too_many]
         assert store.versions() == sorted([*earlier, *old[too_many:], version])
         assert not (tiny_lake / "models" / old[0]).exists()

@@ -13,7 +13,7 @@ from contoso_recs.recommender import learned
 from contoso_recs.resources.model_store import (
     CARD_FILE,
     CURRENT_FILE,
-    MIN_KEEP_VERSIONS,
+    MIN_KEEP_CUTOFFS,
     REMOVING_PREFIX,
     ModelStore,
 )
@@ -102,7 +102,7 @@ def weekly_store(tmp_path, weeks: int, **config) -> ModelStore:
 
 
 def test_old_versions_go_but_the_newest_and_the_promoted_one_stay(tmp_path):
-    store = weekly_store(tmp_path, 8, keep_versions=4)
+    store = weekly_store(tmp_path, 8, keep_cutoffs=4)
     oldest, *_ = store.versions()
     store.promote(oldest)  # a rollback to the first model
     training = tmp_path / "20260301-training"  # a model still training: no card yet
@@ -118,24 +118,18 @@ def test_old_versions_go_but_the_newest_and_the_promoted_one_stay(tmp_path):
     assert store.remove_old_versions() == []  # nothing more to remove
 
 
-def test_versions_are_ordered_by_cutoff_then_training_time_not_by_name(tmp_path):
-    store = ModelStore(root=str(tmp_path), keep_versions=4)
-    cards = {  # name: (cutoff, trained_at)
-        "zz-oldest": ("2026-01-05", "2026-01-05T08:00:00"),
-        "aa-newest": ("2026-02-02", "2026-02-02T09:00:00"),
-        "bb-retrained": ("2026-01-26", "2026-01-27T09:00:00"),
-        "cc-first-try": ("2026-01-26", "2026-01-26T09:00:00"),
-        "dd": ("2026-01-19", "2026-01-19T09:00:00"),
-    }
-    for name, (cutoff, trained_at) in cards.items():
-        store.write_card(name, {"cutoff": cutoff, "trained_at": trained_at})
-    store.update_card("zz-oldest", gate={"passed": True})  # a newer card, not a newer model
+def test_every_model_of_a_kept_week_stays_and_a_model_just_trained_is_never_removed(tmp_path):
+    store = weekly_store(tmp_path, 4, keep_cutoffs=4)
+    store.write_card("20260126-retrain", {"cutoff": "2026-01-26"})  # the last week, again
+    store.write_card("20251229-backfill", {"cutoff": "2025-12-29"})  # a past week, trained now
 
-    assert store.remove_old_versions() == ["zz-oldest"]
+    assert store.remove_old_versions(protect={"20251229-backfill"}) == []
+    assert len(store.versions()) == 6  # four weeks kept whole, and the model just trained
+    assert store.remove_old_versions() == ["20251229-backfill"]
 
 
 def test_a_removal_cut_short_is_finished_by_the_next_one(tmp_path, monkeypatch):
-    store = weekly_store(tmp_path, 5, keep_versions=4)
+    store = weekly_store(tmp_path, 5, keep_cutoffs=4)
 
     def power_cut(path, ignore_errors=False):
         raise KeyboardInterrupt  # the process stops after the rename, before the deletion
@@ -152,7 +146,7 @@ def test_a_removal_cut_short_is_finished_by_the_next_one(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(REMOVING_PREFIX)]
 
 
-def test_fewer_versions_than_a_retrain_rule_learns_from_are_refused():
-    assert MIN_KEEP_VERSIONS >= learned.RULE_WEEKS
+def test_fewer_weeks_than_a_retrain_rule_learns_from_are_refused():
+    assert MIN_KEEP_CUTOFFS >= learned.RULE_WEEKS
     with pytest.raises(Exception, match="greater than or equal to 4"):
-        ModelStore(root="models", keep_versions=MIN_KEEP_VERSIONS - 1)
+        ModelStore(root="models", keep_cutoffs=MIN_KEEP_CUTOFFS - 1)

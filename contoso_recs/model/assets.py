@@ -120,14 +120,14 @@ def two_tower_candidate(
         },
     )
     try:
-        removed = model_store.remove_old_versions()
-    except OSError as error:  # the new model is kept whatever happens to the old ones
+        removed = model_store.remove_old_versions(protect={version})
+    except (OSError, ValueError) as error:  # the new model stands; old ones wait for the next
         context.log.warning(f"old model versions not removed: {error}")
         removed = []
     if removed:
         context.log.info(
-            f"removed {len(removed)} model versions older than the "
-            f"{model_store.keep_versions} newest: {', '.join(removed)}"
+            f"removed {len(removed)} model versions trained on cutoffs older than the "
+            f"{model_store.keep_cutoffs} newest: {', '.join(removed)}"
         )
     return dg.MaterializeResult(
         metadata={

@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,11 @@ from contoso_recs.files import write_text_atomically
 
 CURRENT_FILE = "current.json"
 CARD_FILE = "model_card.json"
-# Versions kept besides the promoted one: a quarter of weekly models to go back to. At least
-# the weeks a retrain's blend rule learns from (learned.RULE_WEEKS), kept beside earlier models.
-KEEP_VERSIONS = 12
-MIN_KEEP_VERSIONS = 4
+# The models of this many newest cutoffs are kept besides the promoted one: a quarter of weekly
+# models to go back to. At least the weeks a retrain's blend rule learns from
+# (learned.RULE_WEEKS), whose rows are kept beside earlier models.
+KEEP_CUTOFFS = 12
+MIN_KEEP_CUTOFFS = 4
 # A version being removed is renamed to this prefix first, so it stops being a version at once
 # and a removal cut short is finished by the next one.
 REMOVING_PREFIX = ".removing-"
@@ -32,12 +34,12 @@ class ModelStore(dg.ConfigurableResource):
     """
 
     root: str
-    keep_versions: int = Field(
-        default=KEEP_VERSIONS,
-        ge=MIN_KEEP_VERSIONS,
-        description="Model versions kept, the newest by cutoff; older ones are removed after "
-        "each training, except the promoted one. At least the 4 weeks a retrain's blend "
-        "rule learns from.",
+    keep_cutoffs: int = Field(
+        default=KEEP_CUTOFFS,
+        ge=MIN_KEEP_CUTOFFS,
+        description="The models of this many newest cutoffs (a week each for the weekly "
+        "retrain) are kept; older ones are removed after each training, except the promoted "
+        "one. At least the 4 weeks a retrain's blend rule learns from.",
     )
 
     def version_dir(self, version: str) -> Path:
@@ -85,9 +87,11 @@ class ModelStore(dg.ConfigurableResource):
             if not p.name.startswith(".") and (p / CARD_FILE).exists()
         )
 
-    def remove_old_versions(self) -> list[str]:
-        """Delete every version but the `keep_versions` newest (by the cutoff on its card,
-        then when it was trained) and the promoted one; the names removed, oldest first.
+    def remove_old_versions(self, protect: Collection[str] = ()) -> list[str]:
+        """Delete the versions trained on a cutoff older than the `keep_cutoffs` newest, except
+        the promoted one and those in `protect` (a model just trained, whatever its cutoff);
+        the names removed, oldest first. Every version of a kept cutoff stays, retrains
+        included, so a retrain's rule always finds the weeks before it.
 
         Each is renamed out of the store before it is deleted, so readers never meet half a
         version, and the files of one whose removal was cut short go at the next call. A folder
@@ -98,18 +102,21 @@ class ModelStore(dg.ConfigurableResource):
             return []
         for leftover in root.glob(f"{REMOVING_PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)
-        current = self.current_version()
-        newest_first = sorted(self.versions(), key=self._age_key, reverse=True)
-        old = [v for v in newest_first[self.keep_versions :] if v != current][::-1]
+        kept = {self.current_version(), *protect}
+        cutoffs = {version: self._cutoff(version) for version in self.versions()}
+        newest = sorted(set(cutoffs.values()), reverse=True)[: self.keep_cutoffs]
+        old = sorted(
+            (v for v, cutoff in cutoffs.items() if cutoff not in newest and v not in kept),
+            key=lambda v: (cutoffs[v], v),
+        )
         for version in old:
             gone = root / f"{REMOVING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
             os.replace(self.version_dir(version), gone)
             shutil.rmtree(gone, ignore_errors=True)
         return old
 
-    def _age_key(self, version: str) -> tuple[str, str, str]:
+    def _cutoff(self, version: str) -> str:
         try:
-            card = self.card(version)
-        except (OSError, ValueError):
-            card = {}
-        return (str(card.get("cutoff", "")), str(card.get("trained_at", "")), version)
+            return str(self.card(version).get("cutoff", ""))
+        except (OSError, ValueError, AttributeError):
+            return ""
