@@ -19,7 +19,7 @@ from dagster._core.storage.tags import (
     ASSET_PARTITION_RANGE_START_TAG,
 )
 
-from contoso_recs.automation.clickstream_sensor import contiguous_ranges, hour_fingerprints
+from contoso_recs.automation.clickstream_sensor import contiguous_ranges
 from contoso_recs.automation.jobs import clickstream_job, lake_refresh_job
 from contoso_recs.automation.weekly import (
     RETRAIN_RUN_TAG,
@@ -39,7 +39,7 @@ from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandingZone
 from contoso_recs.resources.model_store import ModelStore
 from contoso_recs.resources.serving_store import ServingStore
 from contoso_recs.settings import ENVIRONMENT_ENV_VAR
-from contoso_recs.sources.clickstream import HOURLY_PARTITIONS
+from contoso_recs.sources.clickstream import HOURLY_PARTITIONS, hour_fingerprints
 from contoso_recs.weekly_email.assets import TABLE as WEEKLY_TABLE
 
 log = logging.getLogger(__name__)

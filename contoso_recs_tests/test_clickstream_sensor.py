@@ -6,6 +6,7 @@ tests run.
 """
 
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -83,7 +84,10 @@ def tick(
         context = dg.build_sensor_context(
             instance=instance,
             cursor=cursor,
-            resources={"landing_zone": LocalLandingZone(root=str(landing_root))},
+            resources={
+                "landing_zone": LocalLandingZone(root=str(landing_root)),
+                "lake": Lake(root_uri=str(landing_root.parent / "lake")),
+            },
         )
         return clickstream_sensor(context)
 
@@ -319,6 +323,11 @@ def product_view(event_id: str, product_id: int, viewed_at: str) -> str:
     )
 
 
+def sensor_resources(resources: dict) -> dict:
+    """What clickstream_sensor reads, of the local resources."""
+    return {"landing_zone": resources["landing_zone"], "lake": resources["lake"]}
+
+
 def run_requested(
     request: dg.RunRequest, instance: dg.DagsterInstance, resources: dict
 ) -> dg.ExecuteInProcessResult:
@@ -363,9 +372,7 @@ def test_a_requested_range_runs_the_clickstream_job_and_loads_its_views(
         )
         + "\n",
     )
-    context = dg.build_sensor_context(
-        instance=instance, resources={"landing_zone": resources["landing_zone"]}
-    )
+    context = dg.build_sensor_context(instance=instance, resources=sensor_resources(resources))
     (request,) = clickstream_sensor(context).run_requests
 
     run = run_requested(request, instance, resources)
@@ -413,9 +420,7 @@ def test_views_quarantined_for_a_product_the_refreshed_catalogue_now_holds_are_l
         )
         return views_awaiting_products_sensor.evaluate_tick(context)
 
-    sensed = dg.build_sensor_context(
-        instance=instance, resources={"landing_zone": resources["landing_zone"]}
-    )
+    sensed = dg.build_sensor_context(instance=instance, resources=sensor_resources(resources))
     (request,) = clickstream_sensor(sensed).run_requests
     run(request)
     awaiting = lake.read(QUARANTINE_TABLE).filter(pl.col("reason") == "unknown_product")
@@ -524,19 +529,17 @@ def test_hours_loaded_before_the_first_tick_are_not_loaded_again(world, instance
     for hour in hours[:2]:
         load_by_hand(hour, instance, resources)
     land(blob, hours[1], part=1, text=product_view("late", 11, "2026-11-20T11:30:00Z") + "\n")
-    context = dg.build_sensor_context(
-        instance=instance, resources={"landing_zone": resources["landing_zone"]}
-    )
+    context = dg.build_sensor_context(instance=instance, resources=sensor_resources(resources))
 
     first = clickstream_sensor(context)
 
-    # 10:00 was loaded after its file landed; 11:00 has a file that landed after its load,
+    # 10:00 was loaded from the file it holds; 11:00 has a file that landed after its load,
     # and 12:00 was never loaded.
     assert requested_spans(first) == [("2026-11-20-11:00", "2026-11-20-12:00")]
     again = dg.build_sensor_context(
         instance=instance,
         cursor=first.cursor,
-        resources={"landing_zone": resources["landing_zone"]},
+        resources=sensor_resources(resources),
     )
     assert isinstance(clickstream_sensor(again), dg.SkipReason)
 
@@ -548,9 +551,7 @@ def test_a_first_tick_after_every_hour_was_loaded_keeps_them_in_its_cursor(
     hour = "2026-11-20-10:00"
     land(blob, hour, text=product_view("e1", 10, "2026-11-20T10:05:00Z") + "\n")
     load_by_hand(hour, instance, resources)
-    context = dg.build_sensor_context(
-        instance=instance, resources={"landing_zone": resources["landing_zone"]}
-    )
+    context = dg.build_sensor_context(instance=instance, resources=sensor_resources(resources))
 
     first = clickstream_sensor(context)
 
@@ -561,6 +562,28 @@ def test_a_first_tick_after_every_hour_was_loaded_keeps_them_in_its_cursor(
     later = dg.build_sensor_context(
         instance=instance,
         cursor=first.cursor,
-        resources={"landing_zone": resources["landing_zone"]},
+        resources=sensor_resources(resources),
     )
     assert requested_spans(clickstream_sensor(later)) == [(hour, hour)]
+
+
+def test_a_file_moved_into_a_loaded_hour_with_an_older_time_is_loaded(
+    world, instance, clock
+) -> None:
+    """A finished upload renamed into place keeps the time it was written, before the load."""
+    resources, lake, blob = world
+    hour = "2026-11-20-10:00"
+    land(blob, hour, text=product_view("e1", 10, "2026-11-20T10:05:00Z") + "\n")
+    folder = blob / "clickstream" / "2026" / "11" / "20" / "10"
+    uploading = folder / "part-0001.jsonl.uploading"
+    uploading.write_text(product_view("e2", 11, "2026-11-20T10:40:00Z") + "\n")
+    written = uploading.stat().st_mtime - 5
+    os.utime(uploading, (written, written))
+    load_by_hand(hour, instance, resources)
+    uploading.rename(folder / "part-0001.jsonl")
+
+    context = dg.build_sensor_context(instance=instance, resources=sensor_resources(resources))
+    (request,) = clickstream_sensor(context).run_requests
+    assert run_requested(request, instance, resources).success
+
+    assert sorted(lake.read("product_views")["event_id"]) == ["e1", "e2"]

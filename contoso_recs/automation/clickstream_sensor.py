@@ -2,7 +2,6 @@
 
 import hashlib
 import json
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import dagster as dg
@@ -16,13 +15,14 @@ from contoso_recs.automation.jobs import clickstream_job
 from contoso_recs.lake import keys
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.resources.lake import Lake
-from contoso_recs.resources.landing import (
-    CLICKSTREAM_CONTAINER,
-    LandedFile,
-    LandingZone,
-    clickstream_hour_prefix,
+from contoso_recs.resources.landing import CLICKSTREAM_CONTAINER, LandingZone
+from contoso_recs.sources.clickstream import (
+    HOURLY_PARTITIONS,
+    LOADED_FILES_TABLE,
+    PARTITION_FORMAT,
+    hour_fingerprints,
+    hour_of,
 )
-from contoso_recs.sources.clickstream import HOURLY_PARTITIONS, PARTITION_FORMAT
 
 # A first tick over months of landed files asks for a few long runs, not one run per hour.
 MAX_HOURS_PER_RUN = 24 * 7
@@ -31,72 +31,19 @@ MAX_RUNS_PER_TICK = 4
 CURSOR_RETENTION = timedelta(days=14)
 
 
-def hour_of(path: str) -> str | None:
-    """The hour (partition key) whose folder holds a landed file, or None when the file is not
-    in an hour's folder exactly as the load reads it (`YYYY/MM/DD/HH/`, zero-padded)."""
-    parts = path.split("/")
-    if len(parts) < 5:
-        return None
-    folder = "/".join(parts[:4])
-    try:
-        hour = datetime.strptime(folder, "%Y/%m/%d/%H")
-    except ValueError:
-        return None
-    return hour.strftime(PARTITION_FORMAT) if clickstream_hour_prefix(hour) == folder else None
-
-
-def hour_fingerprints(files: list[LandedFile]) -> dict[str, str]:
-    """One fingerprint per landed hour (partition key), changing whenever a file of it does."""
-    by_hour: dict[str, list[str]] = defaultdict(list)
-    for file in files:
-        if (hour := hour_of(file.path)) is not None:
-            by_hour[hour].append(file.fingerprint)
-    return {
-        key: hashlib.sha1("\n".join(sorted(prints)).encode()).hexdigest()[:16]
-        for key, prints in by_hour.items()
-    }
-
-
-def newest_file_per_hour(files: list[LandedFile]) -> dict[str, datetime]:
-    """When the newest file of each landed hour (partition key) landed or last changed."""
-    newest: dict[str, datetime] = {}
-    for file in files:
-        if (hour := hour_of(file.path)) is not None:
-            newest[hour] = max(newest.get(hour, file.modified_at), file.modified_at)
-    return newest
-
-
-def hours_loaded_after_landing(
-    instance: dg.DagsterInstance, newest: dict[str, datetime]
-) -> set[str]:
-    """Of these hours (partition key: when its newest file landed), those whose latest load of
-    product views started after that: loaded by a run the sensor did not ask for (`make demo`,
-    a backfill from the UI) or before its cursor was reset."""
-    if not newest:
+def hours_loaded_from(lake: Lake, fingerprints: dict[str, str]) -> set[str]:
+    """Of these hours (partition key: fingerprint of its files now), those whose product views
+    were last loaded from exactly these files (`LOADED_FILES_TABLE`): by `make demo`, a run from
+    the UI, or before the cursor was reset."""
+    if not fingerprints or not lake.exists(LOADED_FILES_TABLE):
         return set()
-    latest_run: dict[str, str] = {}
-    cursor = None
-    while True:
-        result = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=keys.PRODUCT_VIEWS, asset_partitions=sorted(newest)),
-            limit=1_000,
-            cursor=cursor,
-        )
-        for record in result.records:  # newest first
-            if record.partition_key is not None:
-                latest_run.setdefault(record.partition_key, record.run_id)
-        if not result.has_more:
-            break
-        cursor = result.cursor
-    started = {}
-    for run_id in set(latest_run.values()):
-        record = instance.get_run_record_by_id(run_id)
-        started[run_id] = record.start_time if record is not None else None
-    return {
-        hour
-        for hour, run_id in latest_run.items()
-        if started[run_id] is not None and started[run_id] > newest[hour].timestamp()
-    }
+    loaded = (
+        lake.scan(LOADED_FILES_TABLE)
+        .filter(pl.col("landed_hour").is_in(sorted(fingerprints)))
+        .select("landed_hour", "files_fingerprint")
+        .collect()
+    )
+    return {hour for hour, files in loaded.iter_rows() if fingerprints[hour] == files}
 
 
 def contiguous_ranges(partition_keys: list[str]) -> list[list[str]]:
@@ -131,15 +78,15 @@ def run_request_for(hours: list[str], fingerprints: dict[str, str]) -> dg.RunReq
     description="Requests a load for every hour whose clickstream files arrived or changed.",
 )
 def clickstream_sensor(
-    context: dg.SensorEvaluationContext, landing_zone: LandingZone
+    context: dg.SensorEvaluationContext, landing_zone: LandingZone, lake: Lake
 ) -> dg.SensorResult | dg.SkipReason:
     """Compares each landed hour's files with the cursor and asks for runs of changed hours.
 
     The cursor keeps the fingerprint of each recent hour already requested, so a late or
     replaced file re-requests its hour and an unchanged landing zone requests nothing. An hour
-    the cursor has not seen is not requested when its latest load started after its newest file
-    landed (the first tick after `make demo` asks for nothing). Hours older than the retention
-    window are settled: a file landing for them is not looked at.
+    the cursor has not seen is not requested when its product views were last loaded from the
+    very files it holds now (the first tick after `make demo` asks for nothing). Hours older
+    than the retention window are settled: a file landing for them is not looked at.
     """
     cursor = json.loads(context.cursor) if context.cursor else {}
     seen: dict[str, str] = cursor.get("hours", {})
@@ -160,15 +107,13 @@ def clickstream_sensor(
         if key in available and key >= settled_before and seen.get(key) != fingerprint
     )
     # Hours the cursor has never seen may have been loaded already, by `make demo` or by hand.
-    newest = newest_file_per_hour(files)
-    unseen = {key: newest[key] for key in changed if key not in seen}
-    loaded = hours_loaded_after_landing(context.instance, unseen)
+    loaded = hours_loaded_from(lake, {key: fingerprints[key] for key in changed if key not in seen})
     if loaded:
         seen.update({key: fingerprints[key] for key in loaded})
         changed = [key for key in changed if key not in loaded]
         context.log.info(
-            f"{len(loaded)} landed hours were loaded after their files landed, by runs this "
-            "sensor did not ask for; they are not loaded again"
+            f"{len(loaded)} landed hours were already loaded from the files they hold now, by "
+            "runs this sensor did not ask for; they are not loaded again"
         )
     if not changed:
         reason = f"No new clickstream files in {len(fingerprints)} landed hours."

@@ -1,9 +1,11 @@
 """Product views from the hourly clickstream files into the lake, one hour per partition."""
 
+import hashlib
 import io
 import warnings
+from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import dagster as dg
 import polars as pl
@@ -25,6 +27,7 @@ from contoso_recs.lake.quarantine import write_quarantine
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import (
     CLICKSTREAM_CONTAINER,
+    LandedFile,
     LandingZone,
     clickstream_hour_prefix,
 )
@@ -43,6 +46,11 @@ RAW_FIELDS = [
     "device",
 ]
 CLICKSTREAM_SUFFIX = ".jsonl"
+# Each landed hour loaded, the fingerprint of the files it was loaded from, and when: how the
+# clickstream sensor tells an hour loaded without it (`make demo`, a run from the UI) from one
+# still to load.
+LOADED_FILES_TABLE = "product_views_files"
+NO_FILES = ""
 UTF8_BOM = b"\xef\xbb\xbf"
 RAW_SCHEMA = dict.fromkeys(RAW_FIELDS, pl.String)
 # A view may reach the landing zone late (an app that was offline), never from the future.
@@ -179,24 +187,53 @@ def _no_rejects() -> pl.DataFrame:
 
 @dataclass(frozen=True)
 class LandedHour:
-    """The raw rows of one hour's files, the lines rejected while reading, and the file count."""
+    """The raw rows of one hour's files, the lines rejected while reading, the file count, and
+    the fingerprint the clickstream sensor computes for the same files."""
 
     hour: datetime
     raw: pl.DataFrame
     rejects: pl.DataFrame
     files: int
+    fingerprint: str  # of the files listed in the hour's folder as it was read
 
     @property
     def event_ids(self) -> pl.Series:
         return self.raw["event_id"].str.strip_chars().drop_nulls().unique()
 
 
+def hour_of(path: str) -> str | None:
+    """The hour (partition key) whose folder holds a landed file, or None when the file is not
+    in an hour's folder exactly as the load reads it (`YYYY/MM/DD/HH/`, zero-padded)."""
+    parts = path.split("/")
+    if len(parts) < 5:
+        return None
+    folder = "/".join(parts[:4])
+    try:
+        hour = datetime.strptime(folder, "%Y/%m/%d/%H")
+    except ValueError:
+        return None
+    return hour.strftime(PARTITION_FORMAT) if clickstream_hour_prefix(hour) == folder else None
+
+
+def hour_fingerprints(files: list[LandedFile]) -> dict[str, str]:
+    """One fingerprint per landed hour (partition key), changing whenever a file of it does
+    (uploads still in progress included)."""
+    by_hour: dict[str, list[str]] = defaultdict(list)
+    for file in files:
+        if (hour := hour_of(file.path)) is not None:
+            by_hour[hour].append(file.fingerprint)
+    return {
+        key: hashlib.sha1("\n".join(sorted(prints)).encode()).hexdigest()[:16]
+        for key, prints in by_hour.items()
+    }
+
+
 def read_hour(landing: LandingZone, hour: datetime) -> LandedHour:
     """Read every file of one hour into raw text rows."""
-    landed = landing.list_files(CLICKSTREAM_CONTAINER, clickstream_hour_prefix(hour))
-    files = [file for file in landed if file.path.endswith(CLICKSTREAM_SUFFIX)]
-    if len(files) < len(landed):
-        skipped = ", ".join(file.path for file in landed if file not in files)
+    listed = landing.list_files(CLICKSTREAM_CONTAINER, clickstream_hour_prefix(hour))
+    files = [file for file in listed if file.path.endswith(CLICKSTREAM_SUFFIX)]
+    if len(files) < len(listed):
+        skipped = ", ".join(file.path for file in listed if file not in files)
         get_dagster_logger().warning(
             f"hour {clickstream_hour_prefix(hour)}: left out files not ending in "
             f"{CLICKSTREAM_SUFFIX} (uploads in progress or stray files): {skipped}"
@@ -213,7 +250,8 @@ def read_hour(landing: LandingZone, hour: datetime) -> LandedHour:
         if raw_frames
         else _with_line_numbers(pl.DataFrame(schema=RAW_SCHEMA), "", [])
     )
-    return LandedHour(hour, raw, pl.concat(rejects), len(files))
+    fingerprint = hour_fingerprints(listed).get(hour.strftime(PARTITION_FORMAT), NO_FILES)
+    return LandedHour(hour, raw, pl.concat(rejects), len(files), fingerprint)
 
 
 def conform_hour(
@@ -292,6 +330,7 @@ def product_views(
     )
     first, last = context.partition_key_range.start, context.partition_key_range.end
     loaded, rejected, files, silent_hours = [], [], 0, 0
+    hours_read: list[tuple[str, str, int]] = []  # (hour, fingerprint of its files, files)
     all_hours = hours_in(context.partition_time_window)
     for start in range(0, len(all_hours), CHUNK_HOURS):
         chunk = [read_hour(landing_zone, hour) for hour in all_hours[start : start + CHUNK_HOURS]]
@@ -308,6 +347,7 @@ def product_views(
             hour, file_count = landed.hour, landed.files
             key = hour.strftime(PARTITION_FORMAT)
             files += file_count
+            hours_read.append((key, landed.fingerprint, file_count))
             silent_hours += file_count == 0
             loaded.append(
                 conformed.loaded.with_columns(
@@ -337,6 +377,16 @@ def product_views(
         partition_by=["landed_date"],
     )
     write_quarantine(lake, "product_views", rejects, (first, last))
+    # Last, so that an hour is recorded as loaded from its files only once it is.
+    lake.upsert(
+        LOADED_FILES_TABLE,
+        pl.DataFrame(
+            hours_read,
+            schema={"landed_hour": pl.String, "files_fingerprint": pl.String, "files": pl.Int64},
+            orient="row",
+        ).with_columns(loaded_at=pl.lit(datetime.now(UTC))),
+        ["landed_hour"],
+    )
     total = Conformed(loaded=views, quarantined=rejects.drop("partition_key"))
     context.log.info(
         f"product views {first} to {last}: {files} files, read {total.rows_read}, "
