@@ -133,20 +133,24 @@ def test_dwell_time_that_is_not_a_finite_number_is_quarantined(sources, data_dir
 
 
 def test_a_wide_preview_keeps_one_line_a_row_and_a_bar_inside_a_cell():
-    names = ["Northwind Mouthwash Extra Fresh 500 ml, twin pack with travel cap", "Salt | Pepper"]
+    names = [
+        "Northwind Mouthwash Extra Fresh 500 ml, twin pack with travel cap",
+        "Salt | Pepper\ngrinder set",
+    ]
     frame = pl.DataFrame(
         {
             "customer_id": [1, 2],
             "name": names,
             "reason": ["you often buy this", "customers who buy yours buy this"],
             "model_version": ["20261123-2a9f5d29"] * 2,
-            "category": ["Health & Beauty", "Spices"],
+            "category": pl.Series(["Health & Beauty", "Spices | Herbs"], dtype=pl.Categorical),
         }
     )
 
     lines = markdown_preview(frame).splitlines()
 
-    assert len(lines) == 4  # header, separator, a line per row: nothing wrapped
+    assert len(lines) == 4  # header, separator, a line per row: nothing wrapped or split
     assert all(line.count(" | ") == 4 for line in (lines[0], lines[2]))
-    assert "Salt \\| Pepper" in lines[3] and lines[3].replace("\\|", "").count("|") == 6
-    assert "Northwind Mouthwash Extra Fresh 500 ml, …" in lines[2]
+    assert "Salt \\| Pepper grinder set" in lines[3] and "Spices \\| Herbs" in lines[3]
+    assert lines[3].replace("\\|", "").count("|") == 6
+    assert "| Northwind Mouthwash Extra Fresh 500 ml,… |" in lines[2]

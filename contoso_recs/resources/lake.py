@@ -14,6 +14,7 @@ from deltalake.exceptions import CommitFailedError
 PREVIEW_ROWS = 5
 # Wider than any preview (polars' limit), so that no cell is wrapped onto a second line.
 MAX_TABLE_WIDTH = 65_535
+PREVIEW_TEXT = 40
 # Writers of one table in parallel steps (the sources' rejects all go to the quarantine) can
 # conflict at commit: Delta's optimistic concurrency refuses the later commit, and the write is
 # tried again on the new version. Every write here is a MERGE by key, a replacement of one
@@ -275,18 +276,31 @@ def table_schema(schema: pl.Schema) -> dg.TableSchema:
 
 
 def markdown_preview(frame: pl.DataFrame, rows: int = PREVIEW_ROWS) -> str:
-    """The first rows as a Markdown table, one line a row: long text is cut, never wrapped."""
+    """The first rows as a Markdown table, one line a row: text is put on one line, cut at
+    PREVIEW_TEXT characters, and a | in it escaped (it would end its cell)."""
+    head = frame.head(rows)
+    texts = [
+        _preview_text(name)
+        for name, dtype in head.schema.items()
+        if dtype == pl.String or isinstance(dtype, pl.Categorical | pl.Enum)
+    ]
     with pl.Config(
         tbl_width_chars=MAX_TABLE_WIDTH,
         tbl_formatting="MARKDOWN",
         tbl_hide_column_data_types=True,
         tbl_hide_dataframe_shape=True,
-        fmt_str_lengths=40,
+        fmt_str_lengths=2 * PREVIEW_TEXT,  # room for the escapes; the text is cut already
         tbl_rows=rows,
         tbl_cols=-1,
     ):
-        # a | inside a value would end its cell
-        escaped = frame.head(rows).with_columns(
-            pl.col(pl.String).str.replace_all("|", "\\|", literal=True)
-        )
-        return str(escaped)
+        return str(head.with_columns(texts))
+
+
+def _preview_text(name: str) -> pl.Expr:
+    one_line = pl.col(name).cast(pl.String).str.replace_all(r"\s+", " ")
+    cut = (
+        pl.when(one_line.str.len_chars() > PREVIEW_TEXT)
+        .then(one_line.str.slice(0, PREVIEW_TEXT - 1) + "…")
+        .otherwise(one_line)
+    )
+    return cut.str.replace_all("|", "\\|", literal=True).alias(name)
