@@ -355,7 +355,8 @@ def product_views(
                 )
             )
             rejected.append(conformed.all_quarantined.with_columns(partition_key=pl.lit(key)))
-            # a long run (a backfill, `make demo`) logs a line a day, its hours at debug level
+            # a long run (a backfill, `make demo`) logs a line per CHUNK_HOURS hours read, and
+            # each hour at debug level
             log_hour = context.log.info if len(all_hours) <= CHUNK_HOURS else context.log.debug
             log_hour(f"hour {key}: {file_count} files, product views {conformed.summary()}")
         if len(all_hours) > CHUNK_HOURS:
