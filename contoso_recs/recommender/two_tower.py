@@ -25,6 +25,10 @@ class TwoTowerConfig:
     id_dim: int = 64
     attribute_dim: int = 16
     hidden: int = 128
+    # On the validation weeks from 2017-10-30, 11-06, 11-20 and 11-27 of The Complete Journey
+    # (models trained before 10-30 and 11-20) the model alone scored NDCG@5 / HR@5 .2116 / .5556
+    # (task A) and .0174 / .0686 (task B); temperature 0.1: .1989 / .5439 and .0172 / .0668;
+    # a history half-life of 90 days: .2121 / .5563 and .0168 / .0688 (2026-12-05).
     temperature: float = 0.05
     customer_buckets: int = 1 << 15
     history_len: int = 40
