@@ -1,0 +1,89 @@
+"""The two-tower model alone on validation weeks, for variants of its configuration: the
+measurement behind the comment on `TwoTowerConfig.temperature`. Not run by the product.
+
+    python -m experiments.two_tower_variants --lake data/completejourney/lake \
+        temperature=0.1 half_life_days=90
+
+Weeks 2017-10-30 and 11-06 are scored by a model trained before 10-30, 11-20 and 11-27 by one
+trained before 11-20 (the default models are those of experiments.als_weight, shared). Mean
+task-A and task-B NDCG@5 / HR@5 over the four weeks, then each week's NDCG@5.
+"""
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from contoso_recs.recommender import blend, evaluate
+from contoso_recs.recommender.data import as_cutoff, before, purchases, read_lake
+from contoso_recs.recommender.metrics import evaluate_task
+from contoso_recs.recommender.ranking import top_k_lists
+from contoso_recs.recommender.train import TrainedModel, train
+from contoso_recs.recommender.two_tower import TwoTowerConfig
+
+MODELS = {"2017-10-30": ("2017-10-30", "2017-11-06"), "2017-11-20": ("2017-11-20", "2017-11-27")}
+
+
+def variant(text: str) -> tuple[str, TwoTowerConfig]:
+    """`name=value` of a TwoTowerConfig field, as a named config."""
+    name, value = text.split("=", 1)
+    default = getattr(TwoTowerConfig(), name)
+    cast = (lambda v: v == "true") if isinstance(default, bool) else type(default)
+    return text, replace(TwoTowerConfig(), **{name: cast(value)})
+
+
+def model_alone(trained: TrainedModel, frames, bought, test) -> dict[str, tuple[float, float]]:
+    scores = blend.two_tower_scores(
+        trained,
+        before(bought, test.cutoff),
+        before(frames.customers, test.cutoff, "created_at"),
+        test.customer_ids,
+        test.cutoff,
+        test.index,
+        before(frames.product_views, test.cutoff, "viewed_at"),
+    )
+    figures = {}
+    for task in ("A", "B"):
+        exclude = test.owned if task == "B" else None
+        lists = top_k_lists(lambda rows: scores[rows], test.customer_ids, test.index, 10, exclude)
+        overall, _ = evaluate_task(
+            lists, test.targets(task), test.bought_before, test.segments, len(test.index)
+        )
+        figures[task] = (overall["ndcg@5"], overall["hr@5"])
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--lake", type=Path, default=Path("data/completejourney/lake"))
+    parser.add_argument("--models", type=Path, default=Path("data/experiments"))
+    parser.add_argument("variants", nargs="*", type=variant, help="name=value of TwoTowerConfig")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    frames = read_lake(str(args.lake))
+    bought = purchases(frames)
+    weeks = [w for scored in MODELS.values() for w in scored]
+    tests = {week: evaluate.holdout(frames, bought, as_cutoff(week)) for week in weeks}
+    for name, config in [("default", TwoTowerConfig()), *args.variants]:
+        cells: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+        for model_cutoff, scored in MODELS.items():
+            kept = "als_weight" if name == "default" else f"two_tower_{name}"
+            folder = args.models / kept / model_cutoff
+            if not (folder / "model.pt").exists():
+                train(frames, as_cutoff(model_cutoff), config).save(folder)
+            trained = TrainedModel.load(folder, "cpu")
+            for week in scored:
+                for task, figures in model_alone(trained, frames, bought, tests[week]).items():
+                    cells[task].append(figures)
+        report = "  ".join(
+            f"{task} {np.mean([n for n, _ in c]):.4f} / {np.mean([h for _, h in c]):.4f} "
+            f"({' '.join(f'{n:.4f}' for n, _ in c)})"
+            for task, c in cells.items()
+        )
+        print(f"{name:<24} {report}", flush=True)  # noqa: T201 (a console report)
+
+
+if __name__ == "__main__":
+    main()
