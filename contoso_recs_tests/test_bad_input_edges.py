@@ -154,3 +154,11 @@ def test_a_wide_preview_keeps_one_line_a_row_and_a_bar_inside_a_cell():
     assert "Salt \\| Pepper grinder set" in lines[3] and "Spices \\| Herbs" in lines[3]
     assert lines[3].replace("\\|", "").count("|") == 6
     assert "| Northwind Mouthwash Extra Fresh 500 ml,… |" in lines[2]
+
+
+def test_a_backslash_before_a_bar_does_not_end_the_cell():
+    frame = pl.DataFrame({"path": ["C:\\exports\\|weekly"], "rank": [1]})
+
+    row = markdown_preview(frame).splitlines()[2]
+
+    assert row.startswith("| C:\\\\exports\\\\\\|weekly |")  # \\ then \| : one cell

@@ -118,14 +118,36 @@ def test_old_versions_go_but_the_newest_and_the_promoted_one_stay(tmp_path):
     assert store.remove_old_versions() == []  # nothing more to remove
 
 
-def test_every_model_of_a_kept_week_stays_and_a_model_just_trained_is_never_removed(tmp_path):
+def test_a_retrain_replaces_its_week_and_a_model_just_trained_is_never_removed(tmp_path):
     store = weekly_store(tmp_path, 4, keep_cutoffs=4)
-    store.write_card("20260126-retrain", {"cutoff": "2026-01-26"})  # the last week, again
+    retrain = {"cutoff": "2026-01-26", "trained_at": "2026-02-02T03:00:00+00:00"}
+    store.write_card("20260126-retrain", retrain)  # the last week, again
     store.write_card("20251229-backfill", {"cutoff": "2025-12-29"})  # a past week, trained now
 
-    assert store.remove_old_versions(protect={"20251229-backfill"}) == []
-    assert len(store.versions()) == 6  # four weeks kept whole, and the model just trained
+    assert store.remove_old_versions(protect={"20251229-backfill"}) == ["20260126-w3"]
+    assert store.versions() == [
+        "20251229-backfill",
+        "20260105-w0",
+        "20260112-w1",
+        "20260119-w2",
+        "20260126-retrain",
+    ]
     assert store.remove_old_versions() == ["20251229-backfill"]
+
+
+def test_reruns_of_one_week_keep_the_store_bounded(tmp_path):
+    store = weekly_store(tmp_path, 12, keep_cutoffs=12)
+    for rerun in range(30):  # make demo run again and again: the same cutoff each time
+        version = f"20260330-rerun{rerun:02d}"
+        store.write_card(
+            version, {"cutoff": "2026-03-30", "trained_at": f"2026-04-06T03:{rerun:02d}:00"}
+        )
+        store.promote(version)
+        store.remove_old_versions(protect={version})
+
+    assert len(store.versions()) == 12
+    assert store.current_version() == "20260330-rerun29"
+    assert "20260105-w0" not in store.versions()  # the oldest week made room
 
 
 def test_a_removal_cut_short_is_finished_by_the_next_one(tmp_path, monkeypatch):

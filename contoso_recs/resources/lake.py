@@ -303,4 +303,5 @@ def _preview_text(name: str) -> pl.Expr:
         .then(one_line.str.slice(0, PREVIEW_TEXT - 1) + "…")
         .otherwise(one_line)
     )
-    return cut.str.replace_all("|", "\\|", literal=True).alias(name)
+    escaped = cut.str.replace_all("\\", "\\\\", literal=True)  # so that \| stays an escape
+    return escaped.str.replace_all("|", "\\|", literal=True).alias(name)

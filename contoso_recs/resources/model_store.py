@@ -15,8 +15,8 @@ from contoso_recs.files import write_text_atomically
 
 CURRENT_FILE = "current.json"
 CARD_FILE = "model_card.json"
-# The models of this many newest cutoffs are kept besides the promoted one: a quarter of weekly
-# models to go back to. At least the weeks a retrain's blend rule learns from
+# The newest model of each of this many newest cutoffs is kept besides the promoted one: a
+# quarter of weekly models to go back to. At least the weeks a retrain's blend rule learns from
 # (learned.RULE_WEEKS), whose rows are kept beside earlier models.
 KEEP_CUTOFFS = 12
 MIN_KEEP_CUTOFFS = 4
@@ -37,9 +37,9 @@ class ModelStore(dg.ConfigurableResource):
     keep_cutoffs: int = Field(
         default=KEEP_CUTOFFS,
         ge=MIN_KEEP_CUTOFFS,
-        description="The models of this many newest cutoffs (a week each for the weekly "
-        "retrain) are kept; older ones are removed after each training, except the promoted "
-        "one. At least the 4 weeks a retrain's blend rule learns from.",
+        description="The newest model of each of this many newest cutoffs (a week each for the "
+        "weekly retrain) is kept; the others are removed after each training, except the "
+        "promoted one. At least the 4 weeks a retrain's blend rule learns from.",
     )
 
     def version_dir(self, version: str) -> Path:
@@ -88,10 +88,11 @@ class ModelStore(dg.ConfigurableResource):
         )
 
     def remove_old_versions(self, protect: Collection[str] = ()) -> list[str]:
-        """Delete the versions trained on a cutoff older than the `keep_cutoffs` newest, except
-        the promoted one and those in `protect` (a model just trained, whatever its cutoff);
-        the names removed, oldest first. Every version of a kept cutoff stays, retrains
-        included, so a retrain's rule always finds the weeks before it.
+        """Keep the newest version (by when it was trained) of each of the `keep_cutoffs`
+        newest cutoffs, the promoted one and those in `protect` (a model just trained, whatever
+        its cutoff); delete the others and return their names, oldest first. A retrain of a
+        week replaces its earlier model there, so reruns never push out the weeks a retrain's
+        rule learns from (it reads the latest rows of each week).
 
         Each is renamed out of the store before it is deleted, so readers never meet half a
         version, and the files of one whose removal was cut short go at the next call. A folder
@@ -103,20 +104,25 @@ class ModelStore(dg.ConfigurableResource):
         for leftover in root.glob(f"{REMOVING_PREFIX}*"):
             shutil.rmtree(leftover, ignore_errors=True)
         kept = {self.current_version(), *protect}
-        cutoffs = {version: self._cutoff(version) for version in self.versions()}
-        newest = sorted(set(cutoffs.values()), reverse=True)[: self.keep_cutoffs]
-        old = sorted(
-            (v for v, cutoff in cutoffs.items() if cutoff not in newest and v not in kept),
-            key=lambda v: (cutoffs[v], v),
-        )
+        ages = {version: self._age(version) for version in self.versions()}
+        newest_of_cutoff: dict[str, str] = {}
+        for version, age in sorted(ages.items(), key=lambda item: item[1], reverse=True):
+            newest_of_cutoff.setdefault(age[0], version)
+        cutoffs = sorted(newest_of_cutoff, reverse=True)[: self.keep_cutoffs]
+        kept |= {newest_of_cutoff[cutoff] for cutoff in cutoffs}
+        old = sorted((v for v in ages if v not in kept), key=ages.__getitem__)
         for version in old:
             gone = root / f"{REMOVING_PREFIX}{version}-{uuid.uuid4().hex[:8]}"
             os.replace(self.version_dir(version), gone)
             shutil.rmtree(gone, ignore_errors=True)
         return old
 
-    def _cutoff(self, version: str) -> str:
+    def _age(self, version: str) -> tuple[str, str, str]:
+        """(cutoff, when trained, name): cards written before `trained_at` sort by name."""
         try:
-            return str(self.card(version).get("cutoff", ""))
-        except (OSError, ValueError, AttributeError):
-            return ""
+            card = self.card(version)
+        except (OSError, ValueError):
+            card = {}
+        if not isinstance(card, dict):
+            card = {}
+        return (str(card.get("cutoff", "")), str(card.get("trained_at", "")), version)
