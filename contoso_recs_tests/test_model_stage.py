@@ -12,7 +12,7 @@ from contoso_recs.environment import local_resources
 from contoso_recs.main_job import demo
 from contoso_recs.model import assets, gate
 from contoso_recs.model.gate import gate_failures, not_promotable, promoted_figures
-from contoso_recs.recommender import blend, evaluate, learned
+from contoso_recs.recommender import baselines, blend, evaluate, learned
 from contoso_recs.recommender.blend import SHIPPED_BLENDS
 from contoso_recs.recommender.data import as_cutoff, purchases, read_lake
 from contoso_recs.recommender.metrics import evaluate_task
@@ -151,6 +151,28 @@ def test_a_training_run_removes_the_models_of_cutoffs_older_than_those_kept(tiny
     finally:  # the module's later tests see the store as before, with the new model
         for version in old:
             shutil.rmtree(store.version_dir(version), ignore_errors=True)
+
+
+def test_the_promoted_model_is_judged_on_the_candidates_week_without_reading_it_again(
+    tiny_lake, instance, monkeypatch
+):
+    monkeypatch.setattr(gate, "gate_failures", lambda candidate, promoted: [])
+    reads, fits = [], []
+    read, fit = evaluate.read_lake, baselines.fit_als
+    monkeypatch.setattr(evaluate, "read_lake", lambda *a, **k: reads.append(1) or read(*a, **k))
+    monkeypatch.setattr(baselines, "fit_als", lambda *a, **k: fits.append(1) or fit(*a, **k))
+    first = train_and_promote(tiny_lake, instance)
+    alone = (len(reads), len(fits))
+    assert first.success and alone[0] == 1 and alone[1] >= 1
+
+    second = train_and_promote(tiny_lake, instance)
+
+    evaluated = materialization(second, "model", "evaluation")
+    assert (
+        evaluated["promoted_version"]
+        == materialization(first, "model", "promoted_model")["model_version"]
+    )  # the first model was judged on the second's week
+    assert (len(reads) - alone[0], len(fits) - alone[1]) == alone
 
 
 def test_a_gate_verdict_is_what_allows_promotion():

@@ -6,6 +6,7 @@ import sys
 import warnings
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 import polars as pl
@@ -14,6 +15,9 @@ from pydantic import Field
 from contoso_recs.lake import keys
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.model_store import ModelStore
+
+if TYPE_CHECKING:  # imported where used: the recommender is heavy to load
+    from contoso_recs.recommender.evaluate import LakeWeek
 
 MODEL_GROUP = "model"
 CANDIDATE = dg.AssetKey(["model", "two_tower_candidate"])
@@ -167,22 +171,26 @@ def evaluation(
     context: dg.AssetExecutionContext, lake: Lake, model_store: ModelStore
 ) -> dg.MaterializeResult:
     """How the candidate ranks next week's purchases beside popularity, buy again, kNN and ALS."""
-    from contoso_recs.recommender.evaluate import evaluate_bundle
+    from contoso_recs.recommender.evaluate import evaluate_bundle, lake_week
     from contoso_recs.recommender.report import write_chart
 
     version = candidate_version(context)
     card = model_store.card(version)
+    cutoff = date.fromisoformat(card["cutoff"])
+    # read once for the candidate and the promoted model, with one ALS fit
+    week = lake_week(lake.root_uri, cutoff, card["lake_versions"])
     results = evaluate_bundle(
         lake.root_uri,
         model_store.version_dir(version),
-        date.fromisoformat(card["cutoff"]),
+        cutoff,
         card["lake_versions"],
         earlier=other_versions(model_store, version),
+        week=week,
     )
     chart = model_store.version_dir(version) / "evaluation.png"
     write_chart({"lake": {card["cutoff"]: results}}, chart)
     (model_store.version_dir(version) / "evaluation.json").write_text(json.dumps(results, indent=2))
-    promoted = promoted_on_same_week(context, lake, model_store, version, card)
+    promoted = promoted_on_same_week(context, lake, model_store, version, card, week)
     # new figures void any earlier gate verdict: only the check run on them may allow promotion
     model_store.update_card(
         version,
@@ -246,6 +254,7 @@ def promoted_on_same_week(
     model_store: ModelStore,
     candidate: str,
     card: dict,
+    week: "LakeWeek | None" = None,
 ) -> dict | None:
     """The promoted model's blend figures on the candidate's own holdout week, so the gate
     compares like with like (a week's figures move by more than the gate's tolerance).
@@ -272,6 +281,7 @@ def promoted_on_same_week(
         date.fromisoformat(card["cutoff"]),
         card["lake_versions"],
         earlier=other_versions(model_store, candidate),
+        week=week,
     )
     context.log.info(
         f"promoted model {current} on the same week: task A hr@5 {figures['A']['hr@5']:.3f}, "

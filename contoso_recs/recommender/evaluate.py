@@ -296,12 +296,36 @@ def describe(rule: blend.Rule) -> dict:
     return rule.to_json()
 
 
+@dataclass(frozen=True)
+class LakeWeek:
+    """The lake, purchases and holdout of the week from a cutoff, read from pinned versions
+    once for every model judged on that week (their ALS fit, kept on the holdout, too)."""
+
+    frames: LakeFrames
+    bought: pl.DataFrame
+    test: Holdout
+
+
+def lake_week(
+    lake_root: str, cutoff: str | date | datetime, versions: dict[str, int] | None
+) -> LakeWeek:
+    frames = read_lake(lake_root, versions)
+    bought = purchases(frames)
+    return LakeWeek(frames, bought, holdout(frames, bought, as_cutoff(cutoff)))
+
+
+def saved_model_pool(week: LakeWeek, bundle_dir: str | Path) -> tuple[np.ndarray, blend.Candidates]:
+    """A saved model's two-tower scores and candidates for the week's customers."""
+    return model_pool(TrainedModel.load(bundle_dir), week.frames, week.bought, week.test)
+
+
 def evaluate_bundle(
     lake_root: str,
     bundle_dir: str | Path,
     cutoff: str | date | datetime,
     versions: dict[str, int] | None = None,
     earlier: Sequence[str | Path] = (),
+    week: LakeWeek | None = None,
 ) -> dict:
     """Evaluate a saved model bundle on the week from `cutoff`, reading pinned lake versions,
     and fit its learned blend rule (saved in `bundle_dir`, last) on that week and on up to
@@ -314,15 +338,20 @@ def evaluate_bundle(
     customer ranked by a rule fit on the week's other customers and the earlier weeks, never
     on their own purchases. When even that is too little to fit a rule, no rule is saved (an
     earlier one is removed), and the figures are the weights'.
+
+    `week`: the week already read (`lake_week`, for the same lake root, cutoff and versions),
+    so that models judged on one week share its reading and ALS fit.
     """
-    bought, test, scores, pool = saved_model_week(lake_root, bundle_dir, cutoff, versions)
+    week = week or lake_week(lake_root, cutoff, versions)
+    bought, test = week.bought, week.test
+    scores, pool = saved_model_pool(week, bundle_dir)
     explain = blend.SHIPPED_BLENDS["A"]
-    week = learned.WeekRows.of(pool, test.targets("A"), explain, f"{test.cutoff:%Y-%m-%d}")
-    before = learned.earlier_weeks(earlier, week.week)
+    rows = learned.WeekRows.of(pool, test.targets("A"), explain, f"{test.cutoff:%Y-%m-%d}")
+    before = learned.earlier_weeks(earlier, rows.week)
     shipped = shipped_on_week(pool, test, before)
     result = evaluate_pool(bought, test, scores, pool, {"blend": shipped})
-    week.save(bundle_dir)
-    weeks = [week, *before]
+    rows.save(bundle_dir)
+    weeks = [rows, *before]
     rule = None
     if isinstance(shipped["A"], learned.CrossFitted):
         rule = learned.fit_rows(weeks, explain)
@@ -333,21 +362,6 @@ def evaluate_bundle(
     result["learned_rule_customers"] = rule.customers if rule else 0
     result["learned_rule_weeks"] = sorted(w.week for w in weeks) if rule else []
     return result
-
-
-def saved_model_week(
-    lake_root: str,
-    bundle_dir: str | Path,
-    cutoff: str | date | datetime,
-    versions: dict[str, int] | None,
-) -> tuple[pl.DataFrame, Holdout, np.ndarray, blend.Candidates]:
-    """Purchases, the holdout of the week from `cutoff`, and a saved model's two-tower scores
-    and candidates for it, from pinned lake versions."""
-    frames = read_lake(lake_root, versions)
-    bought = purchases(frames)
-    test = holdout(frames, bought, as_cutoff(cutoff))
-    scores, pool = model_pool(TrainedModel.load(bundle_dir), frames, bought, test)
-    return bought, test, scores, pool
 
 
 def shipped_on_week(
@@ -367,13 +381,16 @@ def evaluate_blends(
     cutoff: str | date | datetime,
     versions: dict[str, int] | None = None,
     earlier: Sequence[str | Path] = (),
+    week: LakeWeek | None = None,
 ) -> dict[str, dict[str, float]]:
     """The shipped rules' overall metrics per task for a saved model on the week from `cutoff`,
     judged as a candidate is (`shipped_on_week`, with the earlier weeks kept beside the
     `earlier` bundles, as `evaluate_bundle` is given them): how an already promoted model does
     on a candidate's holdout, for a like-for-like gate. Its saved rule is not used: it may have
-    been fit on this very week."""
-    _, test, _, pool = saved_model_week(lake_root, bundle_dir, cutoff, versions)
+    been fit on this very week. `week`: as for `evaluate_bundle`."""
+    week = week or lake_week(lake_root, cutoff, versions)
+    test = week.test
+    _, pool = saved_model_pool(week, bundle_dir)
     before = learned.earlier_weeks(earlier, f"{test.cutoff:%Y-%m-%d}")
     rules = shipped_on_week(pool, test, before)
     return {
