@@ -513,6 +513,16 @@ def test_a_file_outside_a_zero_padded_hour_folder_is_not_requested(tick, landing
     assert requested_spans(outcome) == [("2026-11-25-08:00", "2026-11-25-08:00")]
 
 
+def tick_over(
+    instance: dg.DagsterInstance, resources: dict, cursor: str | None = None
+) -> SensorOutcome:
+    """One evaluation of clickstream_sensor over the local resources of a `world`."""
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources=sensor_resources(resources)
+    )
+    return clickstream_sensor(context)
+
+
 def load_by_hand(hour: str, instance: dg.DagsterInstance, resources: dict) -> None:
     """Load one hour as `make demo` or a run from the UI does, without the sensor."""
     job = defs().resolve_job_def("clickstream_hourly")
@@ -529,19 +539,12 @@ def test_hours_loaded_before_the_first_tick_are_not_loaded_again(world, instance
     for hour in hours[:2]:
         load_by_hand(hour, instance, resources)
     land(blob, hours[1], part=1, text=product_view("late", 11, "2026-11-20T11:30:00Z") + "\n")
-    context = dg.build_sensor_context(instance=instance, resources=sensor_resources(resources))
-
-    first = clickstream_sensor(context)
+    first = tick_over(instance, resources)
 
     # 10:00 was loaded from the file it holds; 11:00 has a file that landed after its load,
     # and 12:00 was never loaded.
     assert requested_spans(first) == [("2026-11-20-11:00", "2026-11-20-12:00")]
-    again = dg.build_sensor_context(
-        instance=instance,
-        cursor=first.cursor,
-        resources=sensor_resources(resources),
-    )
-    assert isinstance(clickstream_sensor(again), dg.SkipReason)
+    assert isinstance(tick_over(instance, resources, first.cursor), dg.SkipReason)
 
 
 def test_a_first_tick_after_every_hour_was_loaded_keeps_them_in_its_cursor(
@@ -551,20 +554,14 @@ def test_a_first_tick_after_every_hour_was_loaded_keeps_them_in_its_cursor(
     hour = "2026-11-20-10:00"
     land(blob, hour, text=product_view("e1", 10, "2026-11-20T10:05:00Z") + "\n")
     load_by_hand(hour, instance, resources)
-    context = dg.build_sensor_context(instance=instance, resources=sensor_resources(resources))
 
-    first = clickstream_sensor(context)
+    first = tick_over(instance, resources)
 
     assert isinstance(first, dg.SensorResult) and not first.run_requests
     assert "No new clickstream files in 1 landed hours" in first.skip_reason.skip_message
     assert hour in json.loads(first.cursor)["hours"]
     land(blob, hour, part=1, text=product_view("e2", 10, "2026-11-20T10:45:00Z") + "\n")
-    later = dg.build_sensor_context(
-        instance=instance,
-        cursor=first.cursor,
-        resources=sensor_resources(resources),
-    )
-    assert requested_spans(clickstream_sensor(later)) == [(hour, hour)]
+    assert requested_spans(tick_over(instance, resources, first.cursor)) == [(hour, hour)]
 
 
 def test_a_file_moved_into_a_loaded_hour_with_an_older_time_is_loaded(
@@ -582,8 +579,7 @@ def test_a_file_moved_into_a_loaded_hour_with_an_older_time_is_loaded(
     load_by_hand(hour, instance, resources)
     uploading.rename(folder / "part-0001.jsonl")
 
-    context = dg.build_sensor_context(instance=instance, resources=sensor_resources(resources))
-    (request,) = clickstream_sensor(context).run_requests
+    (request,) = tick_over(instance, resources).run_requests
     assert run_requested(request, instance, resources).success
 
     assert sorted(lake.read("product_views")["event_id"]) == ["e1", "e2"]
