@@ -7,8 +7,9 @@ import polars as pl
 import pytest
 
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
+from contoso_recs.resources.landing import LocalLandingZone
 from contoso_recs.sources import clickstream
-from contoso_recs.sources.clickstream import read_landed_file
+from contoso_recs.sources.clickstream import hour_fingerprints, read_hour, read_landed_file
 from contoso_recs_tests.conftest import load_hour, materialization, run_job, view_line
 
 HOUR = datetime(2026, 11, 20, 10)
@@ -256,3 +257,24 @@ def test_a_long_run_logs_a_line_a_day_and_its_hours_at_debug_level(
     ]
     hours = [m for m in run_log(instance, span, logging.DEBUG) if m.startswith("hour ")]
     assert len(hours) == 3
+
+
+class PrefixLandingZone(LocalLandingZone):
+    """Lists by name prefix, as Blob Storage does (`…/10` also names `…/10-old/…`)."""
+
+    def list_files(self, container: str, prefix: str = "") -> list:
+        return [f for f in super().list_files(container) if f.path.startswith(prefix)]
+
+
+def test_an_hour_reads_only_its_own_folder_when_the_store_lists_by_name_prefix(tmp_path):
+    root = tmp_path / "blob"
+    for folder, event in (("10", "e1"), ("10-old", "stale"), ("100", "odd")):
+        path = root / "clickstream" / "2026" / "11" / "20" / folder / "part-0000.jsonl"
+        path.parent.mkdir(parents=True)
+        path.write_text(view_line(event) + "\n")
+    zone = PrefixLandingZone(root=str(root))
+
+    landed = read_hour(zone, HOUR)
+
+    assert landed.files == 1 and sorted(landed.raw["event_id"]) == ["e1"]
+    assert landed.fingerprint == hour_fingerprints(zone.list_files("clickstream"))[PARTITION]

@@ -230,7 +230,13 @@ def hour_fingerprints(files: list[LandedFile]) -> dict[str, str]:
 
 def read_hour(landing: LandingZone, hour: datetime) -> LandedHour:
     """Read every file of one hour into raw text rows."""
-    listed = landing.list_files(CLICKSTREAM_CONTAINER, clickstream_hour_prefix(hour))
+    key = hour.strftime(PARTITION_FORMAT)
+    # Blob lists by name prefix: `…/10` also names `…/10-old/`; keep the hour's own folder
+    listed = [
+        file
+        for file in landing.list_files(CLICKSTREAM_CONTAINER, clickstream_hour_prefix(hour))
+        if hour_of(file.path) == key
+    ]
     files = [file for file in listed if file.path.endswith(CLICKSTREAM_SUFFIX)]
     if len(files) < len(listed):
         skipped = ", ".join(file.path for file in listed if file not in files)
@@ -250,7 +256,7 @@ def read_hour(landing: LandingZone, hour: datetime) -> LandedHour:
         if raw_frames
         else _with_line_numbers(pl.DataFrame(schema=RAW_SCHEMA), "", [])
     )
-    fingerprint = hour_fingerprints(listed).get(hour.strftime(PARTITION_FORMAT), NO_FILES)
+    fingerprint = hour_fingerprints(listed).get(key, NO_FILES)
     return LandedHour(hour, raw, pl.concat(rejects), len(files), fingerprint)
 
 
