@@ -18,6 +18,7 @@ from contoso_recs.automation.jobs import (
 from contoso_recs.automation.weekly import weekly_defs
 from contoso_recs.environment import resolve_environment, resources_for
 from contoso_recs.lake.checks import lake_checks_defs
+from contoso_recs.lake.quarantine import quarantine_spec
 from contoso_recs.model.definitions import model_defs
 from contoso_recs.serving.definitions import serving_defs
 from contoso_recs.sources.clickstream import clickstream_defs
@@ -40,6 +41,7 @@ def build_definitions(resources: Mapping[str, Any]) -> dg.Definitions:
         weekly_defs(),
         serving_defs(),
         dg.Definitions(
+            assets=[quarantine_spec],
             jobs=[lake_refresh_job, clickstream_job, train_and_promote_job, serving_bundle_job],
             sensors=[clickstream_sensor, views_awaiting_products_sensor],
         ),

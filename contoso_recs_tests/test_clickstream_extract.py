@@ -76,6 +76,14 @@ def test_each_kind_of_bad_line_is_quarantined_and_counted(
         "2026/11/20/10/part-0000.jsonl:12",
         "2026/11/20/10/part-0000.jsonl:3",
     ]
+    # the quarantine in the Catalog: counts per table and reason, never the raw text
+    catalogue_entry = materialization(result, "lake", "quarantine")
+    assert catalogue_entry["dagster/row_count"] == 10
+    assert catalogue_entry["rows_by_table_and_reason"] == {
+        f"product_views/{reason}": count
+        for reason, count in metadata["quarantined_by_reason"].items()
+    }
+    assert "s-1" not in str(catalogue_entry) and "ios" not in str(catalogue_entry)
 
 
 def test_a_truncated_last_line_is_quarantined_and_the_rest_of_the_file_loaded():

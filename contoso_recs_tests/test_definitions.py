@@ -43,6 +43,7 @@ def test_each_lake_table_is_downstream_of_its_source_system(monkeypatch, tmp_pat
     assert keys.PRODUCTS in upstream(keys.PRODUCT_VIEWS)
     assert keys.CRM_SOURCE in upstream(keys.CUSTOMERS)
     assert keys.PRODUCT_IMAGES in upstream(keys.PRODUCT_IMAGE_FEATURES)
+    assert {keys.ORDERS, keys.CUSTOMERS, keys.PRODUCT_VIEWS} <= upstream(keys.QUARANTINE)
 
 
 @pytest.mark.parametrize(

@@ -14,6 +14,8 @@ CUSTOMERS = dg.AssetKey(["lake", "customers"])
 PRODUCT_VIEWS = dg.AssetKey(["lake", "product_views"])
 PRODUCT_IMAGES = dg.AssetKey(["lake", "product_images"])
 PRODUCT_IMAGE_FEATURES = dg.AssetKey(["lake", "product_image_features"])
+# Written by the extracts beside their tables, not by a step of its own.
+QUARANTINE = dg.AssetKey(["lake", "quarantine"])
 
 LAKE_TABLES = [
     PRODUCTS,

@@ -1,7 +1,9 @@
 """The quarantine: every rejected source row, with its reason, kept as a lake table."""
 
+import dagster as dg
 import polars as pl
 
+from contoso_recs.lake import keys
 from contoso_recs.resources.lake import Lake, TableWrite
 
 QUARANTINE_TABLE = "quarantine"
@@ -49,4 +51,51 @@ def write_quarantine(
         keys=["target_table", "partition_key", "source_ref"],
         partition_by=["target_table"],
         when_changed=["reason", "raw"],
+    )
+
+
+# The tables whose extracts reject rows into the quarantine.
+QUARANTINED_TABLES = [
+    keys.PRODUCTS,
+    keys.ORDERS,
+    keys.ORDER_LINES,
+    keys.CUSTOMERS,
+    keys.PRODUCT_VIEWS,
+    keys.PRODUCT_IMAGES,
+]
+
+quarantine_spec = dg.AssetSpec(
+    keys.QUARANTINE,
+    deps=QUARANTINED_TABLES,
+    group_name=keys.LAKE_GROUP,
+    kinds={"delta"},
+    description="Every rejected source row with its reason and raw text, written by the extract "
+    "of its table (each run's counts are in that table's metadata). Rows are replaced when "
+    "their source is read again, never dropped.",
+)
+
+
+def report_quarantine(context: dg.AssetExecutionContext, lake: Lake) -> None:
+    """Record the quarantine's state as a materialisation of `lake/quarantine`, so the Catalog
+    shows its rows per table and reason. Counts only: the raw text may hold personal data."""
+    if not lake.exists(QUARANTINE_TABLE):
+        return
+    counts = (
+        lake.scan(QUARANTINE_TABLE)
+        .group_by("target_table", "reason")
+        .len()
+        .sort("target_table", "reason")
+        .collect()
+    )
+    by_reason = {f"{table}/{reason}": int(rows) for table, reason, rows in counts.iter_rows()}
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=keys.QUARANTINE,
+            metadata={
+                "dagster/uri": dg.MetadataValue.path(lake.uri(QUARANTINE_TABLE)),
+                "dagster/row_count": dg.MetadataValue.int(int(counts["len"].sum())),
+                "delta_version": dg.MetadataValue.int(lake.version(QUARANTINE_TABLE) or 0),
+                "rows_by_table_and_reason": dg.MetadataValue.json(by_reason),
+            },
+        )
     )

@@ -23,7 +23,7 @@ from contoso_recs.lake.conform import (
     as_timestamp,
     conform,
 )
-from contoso_recs.lake.quarantine import write_quarantine
+from contoso_recs.lake.quarantine import report_quarantine, write_quarantine
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import (
     CLICKSTREAM_CONTAINER,
@@ -384,6 +384,7 @@ def product_views(
         partition_by=["landed_date"],
     )
     write_quarantine(lake, "product_views", rejects, (first, last))
+    report_quarantine(context, lake)
     # Last, so that an hour is recorded as loaded from its files only once it is.
     lake.upsert(
         LOADED_FILES_TABLE,

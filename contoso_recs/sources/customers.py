@@ -18,7 +18,7 @@ from contoso_recs.lake.conform import (
     as_timestamp,
     conform,
 )
-from contoso_recs.lake.quarantine import write_quarantine
+from contoso_recs.lake.quarantine import report_quarantine, write_quarantine
 from contoso_recs.lake.watermark import WATERMARK, previous_watermark
 from contoso_recs.resources.crm import CONTACTS_ENTITY_SET, CrmSource
 from contoso_recs.resources.lake import Lake
@@ -118,6 +118,7 @@ def customers(
 
     write = lake.upsert("customers", profiles, ["customer_id"], newer_when="modified_at")
     write_quarantine(lake, "customers", conformed.all_quarantined)
+    report_quarantine(context, lake)
     # Only loaded profiles move the watermark (a contact stamped in the future must not).
     latest = conformed.loaded["modified_at"].max()
     watermark_after = latest.strftime(CRM_TIMESTAMP) if latest is not None else watermark

@@ -11,7 +11,7 @@ from PIL import Image, UnidentifiedImageError
 
 from contoso_recs.lake import keys
 from contoso_recs.lake.conform import QUARANTINE_SCHEMA
-from contoso_recs.lake.quarantine import QUARANTINE_TABLE, write_quarantine
+from contoso_recs.lake.quarantine import QUARANTINE_TABLE, report_quarantine, write_quarantine
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import PRODUCT_IMAGES_CONTAINER, LandedFile, LandingZone
 
@@ -173,6 +173,7 @@ def extract_product_images(
         lake.delete_keys("product_images", "product_id", retired)
     )
     write_quarantine(lake, "product_images", pl.DataFrame(rejects, schema=QUARANTINE_SCHEMA))
+    report_quarantine(context, lake)
     # A file loaded now is no longer a reject: the quarantine keeps the files not loaded.
     forget_rejects(lake, [m["path"] for m in manifests])
 

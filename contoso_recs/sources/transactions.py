@@ -17,7 +17,7 @@ from contoso_recs.lake.conform import (
     as_timestamp,
     conform,
 )
-from contoso_recs.lake.quarantine import write_quarantine
+from contoso_recs.lake.quarantine import report_quarantine, write_quarantine
 from contoso_recs.lake.watermark import WATERMARK, previous_watermark
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.transactional import TransactionalSource
@@ -169,6 +169,7 @@ def _extract_table(
 
     write = lake.upsert(table, conformed.loaded, contract.unique_key, newer_when="modified_at")
     write_quarantine(lake, table, conformed.all_quarantined)
+    report_quarantine(context, lake)
     watermark_after = latest_modification(conformed.loaded) or watermark
     again = " (rows read again at the watermark change nothing)" if watermark else ""
     context.log.info(
