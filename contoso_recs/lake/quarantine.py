@@ -69,9 +69,9 @@ quarantine_spec = dg.AssetSpec(
     deps=QUARANTINED_TABLES,
     group_name=keys.LAKE_GROUP,
     kinds={"delta"},
-    description="Every rejected source row with its reason and raw text, written by the extract "
-    "of its table (each run's counts are in that table's metadata). Rows are replaced when "
-    "their source is read again, never dropped.",
+    description="Every rejected source row with its reason, raw text and where it came from, "
+    "written by the extract of its table, which reports each run's counts; a reject is "
+    "replaced when its source is read again.",
 )
 
 
