@@ -23,6 +23,7 @@ from contoso_recs.automation.jobs import clickstream_job
 from contoso_recs.definitions import build_definitions
 from contoso_recs.demo_data import layout, synthetic
 from contoso_recs.environment import local_resources
+from contoso_recs.lake import keys
 from contoso_recs.resources.lake import Lake
 from contoso_recs.resources.landing import clickstream_hour_prefix
 from contoso_recs.sources.clickstream import PARTITION_FORMAT
@@ -60,8 +61,12 @@ def ingest_with_product(data_dir: str, day: str, lake_dir: str) -> dict:
         started = time.perf_counter()
         result = job.execute_in_process(instance=instance, tags=tags)
         seconds = time.perf_counter() - started
-    materialization = result.get_asset_materialization_events()[0]
-    metadata = materialization.event_specific_data.materialization.metadata
+    # one materialisation per hour, each with the run's figures (lake/quarantine's too)
+    metadata = next(
+        event.event_specific_data.materialization.metadata
+        for event in result.get_asset_materialization_events()
+        if event.event_specific_data.materialization.asset_key == keys.PRODUCT_VIEWS
+    )
     return {
         "seconds": seconds,
         "rows_read": metadata["rows_read"].value,
