@@ -221,6 +221,87 @@ def test_a_view_sent_again_in_a_later_hour_is_loaded_once(
     assert rejects.select("partition_key", "reason").rows() == [("2026-11-20-11:00", "duplicate")]
 
 
+def recorded_reads(monkeypatch, after_first_read=None) -> list[str]:
+    """The hours the load reads, in order; `after_first_read(hour)` runs once an hour has been
+    read for the first time."""
+    reads: list[str] = []
+    real = clickstream.read_hour
+
+    def read_hour(landing, hour):
+        landed = real(landing, hour)
+        key = hour.strftime(clickstream.PARTITION_FORMAT)
+        if key not in reads and after_first_read is not None:
+            after_first_read(hour)
+        reads.append(key)
+        return landed
+
+    monkeypatch.setattr(clickstream, "read_hour", read_hour)
+    return reads
+
+
+def test_a_run_reads_an_hour_again_only_when_it_holds_a_view_sent_again(
+    sources, catalogue, data_dir, instance, lake, monkeypatch
+):
+    """The raw text of a run is held one hour at a time: the lookup of re-sent views comes after
+    the hours are conformed, and only an hour holding one is read a second time."""
+    sources.clickstream_file(HOUR, "part-0000.jsonl", [view_line("e1")])
+    load_hour(data_dir, instance, PARTITION)
+    sources.clickstream_file(datetime(2026, 11, 20, 11), "part-0000.jsonl", [view_line("e3")])
+    sources.clickstream_file(
+        datetime(2026, 11, 20, 12), "part-0000.jsonl", [view_line("e1"), view_line("e4")]
+    )
+    reads = recorded_reads(monkeypatch)
+
+    result = run_job(
+        "clickstream_hourly",
+        data_dir,
+        instance,
+        tags={
+            "dagster/asset_partition_range_start": "2026-11-20-11:00",
+            "dagster/asset_partition_range_end": "2026-11-20-12:00",
+        },
+    )
+
+    assert result.success
+    assert reads == ["2026-11-20-11:00", "2026-11-20-12:00", "2026-11-20-12:00"]
+    views = lake.read("product_views").sort("event_id")
+    assert views.select("event_id", "landed_hour").rows() == [
+        ("e1", PARTITION),
+        ("e3", "2026-11-20-11:00"),
+        ("e4", "2026-11-20-12:00"),
+    ]
+    rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_views")
+    assert rejects.select("partition_key", "reason").rows() == [("2026-11-20-12:00", "duplicate")]
+
+
+def test_a_file_landing_between_the_two_reads_of_an_hour_is_checked_for_views_sent_again(
+    sources, catalogue, data_dir, instance, lake, monkeypatch
+):
+    later = datetime(2026, 11, 20, 11)
+    sources.clickstream_file(HOUR, "part-0000.jsonl", [view_line("e0"), view_line("e1")])
+    load_hour(data_dir, instance, PARTITION)
+    sources.clickstream_file(later, "part-0000.jsonl", [view_line("e1")])
+
+    def upload_lands(hour):
+        if hour.strftime(clickstream.PARTITION_FORMAT) == "2026-11-20-11:00":
+            sources.clickstream_file(later, "part-0001.jsonl", [view_line("e0"), view_line("e5")])
+
+    reads = recorded_reads(monkeypatch, after_first_read=upload_lands)
+
+    metadata = materialization(
+        load_hour(data_dir, instance, "2026-11-20-11:00"), "lake", "product_views"
+    )
+
+    assert reads == ["2026-11-20-11:00", "2026-11-20-11:00"]
+    assert (metadata["rows_read"], metadata["quarantined_by_reason"]) == (3, {"duplicate": 2})
+    views = lake.read("product_views").sort("event_id")
+    assert views.select("event_id", "landed_hour").rows() == [
+        ("e0", PARTITION),
+        ("e1", PARTITION),
+        ("e5", "2026-11-20-11:00"),
+    ]
+
+
 def run_log(instance, result, level: int) -> list[str]:
     return [
         entry.user_message

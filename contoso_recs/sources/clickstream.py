@@ -57,8 +57,8 @@ RAW_SCHEMA = dict.fromkeys(RAW_FIELDS, pl.String)
 CLOCK_SKEW = timedelta(minutes=5)
 OLDEST_LATE_VIEW = timedelta(days=7)
 NO_EVENT_IDS = pl.Series("event_id", [], dtype=pl.String)
-# A long run (a backfill, or the sensor catching up) reads and conforms this many hours at a
-# time: one lookup of re-sent views per chunk, and only a chunk's raw text held at once.
+# A long run (a backfill, or the sensor catching up) looks up re-sent views once per this many
+# hours read (`conform_chunk`); raw text is held one hour at a time.
 CHUNK_HOURS = 24
 
 
@@ -273,10 +273,6 @@ def conform_hour(
     )
 
 
-def loaded_ids(frames: list[pl.DataFrame]) -> list[pl.Series]:
-    return [frame["event_id"] for frame in frames]
-
-
 def events_in_other_hours(lake: Lake, event_ids: pl.Series, first: str, last: str) -> pl.Series:
     """Which of `event_ids` the lake holds in hours before `first` or after `last` (partition
     keys), as near as a re-sent copy can land: both copies land within OLDEST_LATE_VIEW (and
@@ -298,6 +294,79 @@ def events_in_other_hours(lake: Lake, event_ids: pl.Series, first: str, last: st
         .collect()
     )
     return found["event_id"]
+
+
+@dataclass(frozen=True)
+class ConformedHour:
+    """One hour as loaded: its conformed views, its file count and the fingerprint of its files
+    (the raw text is not kept)."""
+
+    hour: datetime
+    conformed: Conformed
+    files: int
+    fingerprint: str
+
+    @property
+    def key(self) -> str:
+        return self.hour.strftime(PARTITION_FORMAT)
+
+    @property
+    def event_ids(self) -> pl.Series:
+        return self.conformed.loaded["event_id"]
+
+
+def _among(ids: pl.Series, frames: list[pl.Series]) -> list[pl.Series]:
+    """Each of `frames` cut down to the ids also in `ids`."""
+    return [frame.filter(frame.is_in(ids.implode())) for frame in frames]
+
+
+def conform_chunk(
+    landing: LandingZone,
+    lake: Lake,
+    hours: list[datetime],
+    known_product_ids: pl.Series,
+    earlier: list[pl.Series],
+    run: tuple[str, str],
+) -> list[ConformedHour]:
+    """Read and conform a run's hours, holding one hour's raw text at a time.
+
+    A view already loaded elsewhere is a `duplicate`: in an earlier hour of these `hours` (checked
+    as each is conformed), in an earlier part of the run (`earlier`: the event ids loaded there)
+    or in the lake outside the run's range of partition keys (`run`). The last two are looked up
+    once for all the hours' loaded views; an hour holding such a re-sent view (rare) is read
+    again and conformed against them and against every other of the hours.
+    """
+
+    def loaded_elsewhere(ids: pl.Series) -> pl.Series:
+        return pl.concat([events_in_other_hours(lake, ids, *run), *_among(ids, earlier)])
+
+    done: list[ConformedHour] = []
+    for hour in hours:
+        landed = read_hour(landing, hour)
+        in_chunk = _among(landed.event_ids, [other.event_ids for other in done])
+        done.append(_conformed_hour(landed, known_product_ids, in_chunk))
+    resent = loaded_elsewhere(pl.concat([NO_EVENT_IDS, *(one.event_ids for one in done)]))
+    for i, first_read in enumerate(done):
+        if not first_read.event_ids.is_in(resent.implode()).any():
+            continue
+        landed = read_hour(landing, first_read.hour)
+        found = [resent]
+        if landed.fingerprint != first_read.fingerprint:  # files changed since the first read
+            found.append(loaded_elsewhere(landed.event_ids))
+        others = [other.event_ids for j, other in enumerate(done) if j != i]
+        done[i] = _conformed_hour(
+            landed, known_product_ids, found + _among(landed.event_ids, others)
+        )
+    return done
+
+
+def _conformed_hour(
+    landed: LandedHour, known_product_ids: pl.Series, loaded_elsewhere: list[pl.Series]
+) -> ConformedHour:
+    conformed = conform_hour(
+        landed, known_product_ids, pl.concat([NO_EVENT_IDS, *loaded_elsewhere])
+    )
+    return ConformedHour(landed.hour, conformed, landed.files, landed.fingerprint)
 
 
 def hours_in(window: dg.TimeWindow) -> list[datetime]:
@@ -339,40 +408,38 @@ def product_views(
     hours_read: list[tuple[str, str, int]] = []  # (hour, fingerprint of its files, files)
     all_hours = hours_in(context.partition_time_window)
     for start in range(0, len(all_hours), CHUNK_HOURS):
-        chunk = [read_hour(landing_zone, hour) for hour in all_hours[start : start + CHUNK_HOURS]]
-        chunk_ids = pl.concat([NO_EVENT_IDS] + [landed.event_ids for landed in chunk]).unique()
-        # Of the chunk's event ids, those loaded in the hours around the run (one lookup per
-        # chunk) or by an earlier chunk of this run.
-        repeated = [events_in_other_hours(lake, chunk_ids, first, last)]
-        repeated += [ids.filter(ids.is_in(chunk_ids.implode())) for ids in loaded_ids(loaded)]
+        chunk = conform_chunk(
+            landing_zone,
+            lake,
+            all_hours[start : start + CHUNK_HOURS],
+            known_products,
+            [frame["event_id"] for frame in loaded],
+            (first, last),
+        )
         chunk_start = len(loaded)
-        for landed in chunk:
-            ids = landed.event_ids
-            in_chunk = [e.filter(e.is_in(ids.implode())) for e in loaded_ids(loaded[chunk_start:])]
-            conformed = conform_hour(landed, known_products, pl.concat(repeated + in_chunk))
-            hour, file_count = landed.hour, landed.files
-            key = hour.strftime(PARTITION_FORMAT)
-            files += file_count
-            hours_read.append((key, landed.fingerprint, file_count))
-            silent_hours += file_count == 0
+        for one in chunk:
+            files += one.files
+            hours_read.append((one.key, one.fingerprint, one.files))
+            silent_hours += one.files == 0
             loaded.append(
-                conformed.loaded.with_columns(
-                    landed_hour=pl.lit(key), landed_date=pl.lit(hour.strftime("%Y-%m-%d"))
+                one.conformed.loaded.with_columns(
+                    landed_hour=pl.lit(one.key), landed_date=pl.lit(one.hour.strftime("%Y-%m-%d"))
                 )
             )
-            rejected.append(conformed.all_quarantined.with_columns(partition_key=pl.lit(key)))
+            rejected.append(
+                one.conformed.all_quarantined.with_columns(partition_key=pl.lit(one.key))
+            )
             # a long run (a backfill, `make demo`) logs a line per CHUNK_HOURS hours read, and
             # each hour at debug level
             log_hour = context.log.info if len(all_hours) <= CHUNK_HOURS else context.log.debug
-            log_hour(f"hour {key}: {file_count} files, product views {conformed.summary()}")
+            log_hour(f"hour {one.key}: {one.files} files, product views {one.conformed.summary()}")
         if len(all_hours) > CHUNK_HOURS:
             day = Conformed(
                 loaded=pl.concat(loaded[chunk_start:]),
                 quarantined=pl.concat(rejected[chunk_start:]).drop("partition_key"),
             )
-            hours = [landed.hour.strftime(PARTITION_FORMAT) for landed in chunk]
             context.log.info(
-                f"hours {hours[0]} to {hours[-1]}: {sum(landed.files for landed in chunk)} "
+                f"hours {chunk[0].key} to {chunk[-1].key}: {sum(one.files for one in chunk)} "
                 f"files, product views {day.summary()}"
             )
 
