@@ -47,9 +47,25 @@ def test_a_candidate_no_better_than_popularity_on_task_b_fails_the_gate():
 def test_a_candidate_may_fall_below_the_promoted_model_by_the_tolerance_and_no_more():
     promoted = evaluation(0.70, 0.4, 0.10, 0.07)
 
-    assert gate_failures(evaluation(0.695, 0.4, 0.10, 0.07), promoted, tolerance=0.01) == []
-    failures = gate_failures(evaluation(0.68, 0.4, 0.10, 0.07), promoted, tolerance=0.01)
-    assert failures == ["task A hr@5 0.6800 is more than 0.01 below the promoted model's 0.7000"]
+    assert gate_failures(evaluation(0.68, 0.4, 0.096, 0.07), promoted, tolerance=0.05) == []
+    failures = gate_failures(evaluation(0.66, 0.4, 0.10, 0.07), promoted, tolerance=0.05)
+    assert failures == [
+        "task A hr@5 0.6600 is more than 5% below the promoted model's 0.7000",
+        "task A ndcg@5 0.3300 is more than 5% below the promoted model's 0.3500",
+    ]
+
+
+def test_the_tolerance_is_a_share_of_each_figure_so_it_guards_the_small_task_b_figures_too():
+    """Task B's figures are a tenth of task A's: a drop of .009 is within 5% of task A's .70
+    but loses 9% of task B's hits."""
+    promoted = evaluation(0.70, 0.4, 0.10, 0.07)
+
+    failures = gate_failures(evaluation(0.691, 0.4, 0.091, 0.07), promoted, tolerance=0.05)
+
+    assert failures == [
+        "task B hr@5 0.0910 is more than 5% below the promoted model's 0.1000",
+        "task B ndcg@5 0.0455 is more than 5% below the promoted model's 0.0500",
+    ]
 
 
 def far_better_blend(*args, **kwargs) -> dict:

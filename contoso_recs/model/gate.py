@@ -8,8 +8,11 @@ from contoso_recs.resources.model_store import ModelStore
 TASKS = ("A", "B")
 GATED_METRICS = ("hr@5", "ndcg@5")
 SHIPPED_METHOD = "blend"
-# How far below the promoted model a candidate may fall on any gated metric (absolute).
-TOLERANCE = 0.01
+# How far below the promoted model a candidate may fall on any gated metric, as a share of the
+# promoted model's figure. Relative, because the tasks differ tenfold: on The Complete Journey task
+# A's HR@5 is about .68 and task B's NDCG@5 about .02, so one absolute margin would either stop
+# every retrain on task A or let task B lose half its hits.
+TOLERANCE = 0.05
 
 
 def gate_failures(
@@ -30,11 +33,11 @@ def gate_failures(
                 )
             if promoted is None:
                 continue
-            floor = promoted[task][SHIPPED_METHOD][metric] - tolerance
-            if shipped[metric] < floor:
+            held = promoted[task][SHIPPED_METHOD][metric]
+            if shipped[metric] < held * (1 - tolerance):
                 failures.append(
-                    f"task {task} {metric} {shipped[metric]:.4f} is more than {tolerance} below "
-                    f"the promoted model's {promoted[task][SHIPPED_METHOD][metric]:.4f}"
+                    f"task {task} {metric} {shipped[metric]:.4f} is more than {tolerance:.0%} "
+                    f"below the promoted model's {held:.4f}"
                 )
     return failures
 
@@ -79,7 +82,7 @@ def not_promotable(card: dict, current: str | None) -> str | None:
     name="promotion_gate",
     blocking=True,
     description="The candidate beats popularity on tasks A and B (HR@5, NDCG@5) and is not "
-    f"more than {TOLERANCE} below the promoted model on any of them.",
+    f"more than {TOLERANCE:.0%} below the promoted model on any of them.",
 )
 def promotion_gate(context: dg.AssetCheckExecutionContext, model_store: ModelStore):
     version = candidate_version(context)
