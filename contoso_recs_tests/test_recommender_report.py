@@ -2,7 +2,7 @@
 
 import json
 
-from contoso_recs.recommender.report import markdown, write_report
+from contoso_recs.recommender.report import markdown, rerender, write_report
 
 
 def test_report_shows_each_methods_interval_and_its_difference_from_the_reference():
@@ -59,3 +59,29 @@ def test_evaluation_json_holds_the_task_figures_and_the_details_sit_beside_it(tm
         }
     }
     assert (tmp_path / "evaluation.md").exists() and (tmp_path / "evaluation.png").exists()
+
+
+def test_a_segment_without_test_customers_reads_n_a_not_a_measured_zero():
+    figures = {"hr@5": 0.5, "ndcg@5": 0.2, "customers": 40.0}
+    segments = {"blend": {"new": {"customers": 0.0}, "light": figures, "heavy": figures}}
+    results = {"completejourney": {"2017-12-04": {"A": {}, "segments": {"A": segments}}}}
+
+    text = markdown(results, "evaluation.png")
+
+    assert "| blend | n/a (0) | 0.500 / 0.200 (40) | 0.500 / 0.200 (40) |" in text
+
+
+def test_the_report_written_again_from_its_json_files_is_the_report(tmp_path):
+    figures = {"hr@5": 0.07, "ndcg@5": 0.016, "customers": 1265.0}
+    result = {
+        "A": {"popularity": figures},
+        "B": {"popularity": figures},
+        "intervals": {"B": {"popularity": {"hr@5": [0.059, 0.086], "ndcg@5": [0.012, 0.019]}}},
+        "segments": {"A": {"popularity": {"light": figures}}, "B": {}},
+        "blend_config": {"blend": {"A": {"repeat_weight": 1.0}}},
+    }
+    write_report({"completejourney": {"2017-12-04": result}}, tmp_path)
+    written = (tmp_path / "evaluation.md").read_text()
+    (tmp_path / "evaluation.md").unlink()
+
+    assert rerender(tmp_path).read_text() == written
