@@ -110,6 +110,21 @@ def test_a_byte_order_mark_does_not_cost_the_first_view():
     assert rejects.is_empty()
 
 
+def test_bytes_that_are_not_utf8_are_replaced_and_a_cut_line_beside_them_quarantined():
+    content = (
+        view_line("e1", device="DEVICE")
+        .replace("DEVICE", "io\udcff")
+        .encode("utf-8", "surrogateescape")
+        + b"\n"
+        + (view_line("e2") + "\n" + view_line("e3")[:30]).encode()
+    )
+
+    rows, rejects = read_landed_file("f.jsonl", content)
+
+    assert rows.select("event_id", "device").rows() == [("e1", "io\ufffd"), ("e2", "ios")]
+    assert rejects.select("source_ref", "raw").rows() == [("f.jsonl:3", view_line("e3")[:30])]
+
+
 def test_blank_lines_do_not_shift_the_line_numbers_of_rejected_views():
     content = (view_line("e1") + "\r\n\r\n  \n" + '{"event_id": "e2", ').encode()
 

@@ -6,6 +6,7 @@ from datetime import datetime
 import polars as pl
 import pytest
 
+from contoso_recs.demo_data import layout
 from contoso_recs.lake.quarantine import QUARANTINE_TABLE
 from contoso_recs.resources.landing import LocalLandingZone
 from contoso_recs.sources import clickstream
@@ -227,8 +228,8 @@ def recorded_reads(monkeypatch, after_first_read=None) -> list[str]:
     reads: list[str] = []
     real = clickstream.read_hour
 
-    def read_hour(landing, hour):
-        landed = real(landing, hour)
+    def read_hour(landing, hour, again=None):
+        landed = real(landing, hour, again)
         key = hour.strftime(clickstream.PARTITION_FORMAT)
         if key not in reads and after_first_read is not None:
             after_first_read(hour)
@@ -274,9 +275,12 @@ def test_a_run_reads_an_hour_again_only_when_it_holds_a_view_sent_again(
     assert rejects.select("partition_key", "reason").rows() == [("2026-11-20-12:00", "duplicate")]
 
 
-def test_a_file_landing_between_the_two_reads_of_an_hour_is_checked_for_views_sent_again(
+def test_a_file_landing_between_the_two_reads_of_an_hour_is_left_for_the_next_run(
     sources, catalogue, data_dir, instance, lake, monkeypatch
 ):
+    """The second read of an hour reads the files of the first, so every view of a run is
+    judged on one listing of each hour; the hour is recorded as loaded from that listing, so
+    the clickstream sensor sees the new file and loads the hour again."""
     later = datetime(2026, 11, 20, 11)
     sources.clickstream_file(HOUR, "part-0000.jsonl", [view_line("e0"), view_line("e1")])
     load_hour(data_dir, instance, PARTITION)
@@ -288,18 +292,72 @@ def test_a_file_landing_between_the_two_reads_of_an_hour_is_checked_for_views_se
 
     reads = recorded_reads(monkeypatch, after_first_read=upload_lands)
 
-    metadata = materialization(
+    first = materialization(
         load_hour(data_dir, instance, "2026-11-20-11:00"), "lake", "product_views"
     )
 
     assert reads == ["2026-11-20-11:00", "2026-11-20-11:00"]
-    assert (metadata["rows_read"], metadata["quarantined_by_reason"]) == (3, {"duplicate": 2})
+    assert (first["files_read"], first["rows_read"], first["rows_loaded"]) == (1, 1, 0)
+    recorded = lake.read(clickstream.LOADED_FILES_TABLE).filter(
+        pl.col("landed_hour") == "2026-11-20-11:00"
+    )
+    zone = LocalLandingZone(root=str(layout.clickstream_root(data_dir).parent))
+    landed = hour_fingerprints(zone.list_files("clickstream"))
+    assert recorded["files_fingerprint"].item() != landed["2026-11-20-11:00"]
+
+    again = materialization(
+        load_hour(data_dir, instance, "2026-11-20-11:00"), "lake", "product_views"
+    )
+
+    assert (again["rows_read"], again["quarantined_by_reason"]) == (3, {"duplicate": 2})
     views = lake.read("product_views").sort("event_id")
     assert views.select("event_id", "landed_hour").rows() == [
         ("e0", PARTITION),
         ("e1", PARTITION),
         ("e5", "2026-11-20-11:00"),
     ]
+
+
+@pytest.mark.parametrize("change", ["removed", "rewritten"])
+def test_a_file_changed_between_the_two_reads_of_an_hour_fails_the_run_and_writes_nothing(
+    change, sources, catalogue, data_dir, instance, lake, monkeypatch
+):
+    """Hour 11 is read twice (it holds a view re-sent from hour 10); its second file goes away
+    or is rewritten in between. Judged on either listing alone, e5 would be loaded in hour 11
+    or hour 12; judged on both it would be loaded nowhere. The run writes nothing instead."""
+    sources.clickstream_file(HOUR, "part-0000.jsonl", [view_line("e0")])
+    load_hour(data_dir, instance, PARTITION)
+    h11, h12 = datetime(2026, 11, 20, 11), datetime(2026, 11, 20, 12)
+    sources.clickstream_file(h11, "part-0000.jsonl", [view_line("e0")])
+    second = sources.clickstream_file(h11, "part-0001.jsonl", [view_line("e5")])
+    sources.clickstream_file(h12, "part-0000.jsonl", [view_line("e5")])
+    before = lake.read("product_views")
+
+    def file_changes(hour):
+        if hour.strftime(clickstream.PARTITION_FORMAT) != "2026-11-20-11:00":
+            return
+        if change == "removed":
+            second.unlink()
+        else:
+            second.write_text(view_line("e6") + "\n" + view_line("e7") + "\n")
+
+    recorded_reads(monkeypatch, after_first_read=file_changes)
+
+    result = run_job(
+        "clickstream_hourly",
+        data_dir,
+        instance,
+        tags={
+            "dagster/asset_partition_range_start": "2026-11-20-11:00",
+            "dagster/asset_partition_range_end": "2026-11-20-12:00",
+        },
+    )
+
+    assert not result.success
+    failure = next(e for e in result.all_events if e.is_step_failure)
+    message = failure.step_failure_data.user_failure_data.description
+    assert "part-0001.jsonl changed or went away while this run read the hour" in message
+    assert lake.read("product_views").equals(before)
 
 
 def run_log(instance, result, level: int) -> list[str]:

@@ -58,7 +58,7 @@ CLOCK_SKEW = timedelta(minutes=5)
 OLDEST_LATE_VIEW = timedelta(days=7)
 NO_EVENT_IDS = pl.Series("event_id", [], dtype=pl.String)
 # A long run (a backfill, or the sensor catching up) looks up re-sent views once per this many
-# hours read (`conform_chunk`); raw text is held one hour at a time.
+# hours (`conform_chunk`); raw text is held one hour at a time.
 CHUNK_HOURS = 24
 
 
@@ -120,41 +120,46 @@ def read_landed_file(path: str, content: bytes) -> tuple[pl.DataFrame, pl.DataFr
 
 
 def _read_line_by_line(path: str, content: bytes) -> tuple[pl.DataFrame, pl.DataFrame]:
-    text = pl.Series("line", content.decode("utf-8", errors="replace").split("\n"))
-    lines = (
-        text.to_frame()
-        .with_columns(number=pl.int_range(1, pl.len() + 1, dtype=pl.Int64))
-        .filter(pl.col("line").str.strip_chars() != "")
-    )
+    try:
+        content.decode("utf-8")
+    except UnicodeDecodeError:  # load what can be read, as the rest of the lake does
+        content = content.decode("utf-8", errors="replace").encode()
+    lines = [
+        (number, line) for number, line in enumerate(content.split(b"\n"), start=1) if line.strip()
+    ]
     # A line cut short or mangled almost never still starts with `{` and ends with `}`: set
     # those aside first, so the rest usually parses in one go.
-    stripped = pl.col("line").str.strip_chars()
-    shaped = stripped.str.starts_with("{") & stripped.str.ends_with("}")
-    plausible, suspicious = lines.filter(shaped), lines.filter(~shaped)
-    frames, bad = _parse_isolating_bad_lines(list(plausible.select("number", "line").iter_rows()))
-    for row in suspicious.select("number", "line").iter_rows():
-        parsed, rejected = _parse_isolating_bad_lines([row])
-        frames += parsed
+    shaped = [(number, line) for number, line in lines if _looks_like_a_record(line)]
+    parsed, bad = _parse_isolating_bad_lines(shaped)
+    for row in (row for row in lines if not _looks_like_a_record(row[1])):
+        more, rejected = _parse_isolating_bad_lines([row])
+        parsed += more
         bad += rejected
 
+    bad.sort()
     rejects = pl.DataFrame(
         {
             "source_ref": [f"{path}:{number}" for number, _ in bad],
             "reason": ["malformed_json"] * len(bad),
-            "raw": [line for _, line in bad],
+            "raw": [line.decode() for _, line in bad],
         },
         schema=QUARANTINE_SCHEMA,
     )
-    if not frames:
+    if not parsed:
         return _with_line_numbers(pl.DataFrame(schema=RAW_SCHEMA), path, []), rejects
-    rows = pl.concat([frame for frame, _ in frames])
-    numbers = [number for _, chunk in frames for number in chunk]
+    rows = pl.concat([frame for frame, _ in parsed])
+    numbers = [number for _, chunk in parsed for number in chunk]
     return _with_line_numbers(rows, path, numbers).sort("_line"), rejects
 
 
+def _looks_like_a_record(line: bytes) -> bool:
+    stripped = line.strip()
+    return stripped.startswith(b"{") and stripped.endswith(b"}")
+
+
 def _parse_isolating_bad_lines(
-    numbered: list[tuple[int, str]],
-) -> tuple[list[tuple[pl.DataFrame, list[int]]], list[tuple[int, str]]]:
+    numbered: list[tuple[int, bytes]],
+) -> tuple[list[tuple[pl.DataFrame, list[int]]], list[tuple[int, bytes]]]:
     """Parse lines in halves until every unparseable line stands alone.
 
     Malformed lines are rare, so this costs about two parses of the file instead of a
@@ -163,7 +168,7 @@ def _parse_isolating_bad_lines(
     if not numbered:
         return [], []
     try:
-        payload = "\n".join(line for _, line in numbered).encode()
+        payload = b"\n".join([line for _, line in numbered])
         rows = pl.read_ndjson(io.BytesIO(payload), schema=RAW_SCHEMA)
         if rows.height == len(numbered):
             return [(rows, [number for number, _ in numbered])], []
@@ -186,18 +191,34 @@ def _no_rejects() -> pl.DataFrame:
 
 
 @dataclass(frozen=True)
+class HourFiles:
+    """The files of one hour as listed: those read, and the fingerprint the clickstream sensor
+    computes for all of them (uploads still in progress included)."""
+
+    read: tuple[LandedFile, ...]
+    fingerprint: str
+
+
+@dataclass(frozen=True)
 class LandedHour:
-    """The raw rows of one hour's files, the lines rejected while reading, the file count, and
-    the fingerprint the clickstream sensor computes for the same files."""
+    """The raw rows of one hour's files, the lines rejected while reading, and its files."""
 
     hour: datetime
     raw: pl.DataFrame
     rejects: pl.DataFrame
-    files: int
-    fingerprint: str  # of the files listed in the hour's folder as it was read
+    listing: HourFiles
+
+    @property
+    def files(self) -> int:
+        return len(self.listing.read)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.listing.fingerprint
 
     @property
     def event_ids(self) -> pl.Series:
+        """Every event id in the hour's raw rows."""
         return self.raw["event_id"].str.strip_chars().drop_nulls().unique()
 
 
@@ -228,8 +249,8 @@ def hour_fingerprints(files: list[LandedFile]) -> dict[str, str]:
     }
 
 
-def read_hour(landing: LandingZone, hour: datetime) -> LandedHour:
-    """Read every file of one hour into raw text rows."""
+def list_hour(landing: LandingZone, hour: datetime) -> HourFiles:
+    """The files of one hour to read: those ending in CLICKSTREAM_SUFFIX in its own folder."""
     key = hour.strftime(PARTITION_FORMAT)
     # Blob lists by name prefix: `…/10` also names `…/10-old/`; keep the hour's own folder
     listed = [
@@ -244,8 +265,29 @@ def read_hour(landing: LandingZone, hour: datetime) -> LandedHour:
             f"hour {clickstream_hour_prefix(hour)}: left out files not ending in "
             f"{CLICKSTREAM_SUFFIX} (uploads in progress or stray files): {skipped}"
         )
+    return HourFiles(tuple(files), hour_fingerprints(listed).get(key, NO_FILES))
+
+
+def read_hour(landing: LandingZone, hour: datetime, again: HourFiles | None = None) -> LandedHour:
+    """Read every file of one hour into raw text rows.
+
+    `again`: the files an earlier read of this hour in the same run listed. Exactly those are
+    read, so the run judges every view on one listing of each hour; a file that landed since is
+    left to the next run (the hour is recorded with the earlier fingerprint, so the clickstream
+    sensor sees it as changed), and one that changed or went away is an error.
+    """
+    listing = list_hour(landing, hour)
+    if again is not None:
+        now = set(listing.read)
+        if changed := [file.path for file in again.read if file not in now]:
+            raise dg.Failure(
+                description=f"hour {clickstream_hour_prefix(hour)}: {', '.join(changed)} "
+                "changed or went away while this run read the hour, so nothing was written; "
+                "run the hour again (a run retry does)."
+            )
+        listing = again
     raw_frames, rejects = [], [_no_rejects()]
-    for landed in files:
+    for landed in listing.read:
         rows, bad = read_landed_file(
             landed.path, landing.read_bytes(CLICKSTREAM_CONTAINER, landed.path)
         )
@@ -256,8 +298,7 @@ def read_hour(landing: LandingZone, hour: datetime) -> LandedHour:
         if raw_frames
         else _with_line_numbers(pl.DataFrame(schema=RAW_SCHEMA), "", [])
     )
-    fingerprint = hour_fingerprints(listed).get(key, NO_FILES)
-    return LandedHour(hour, raw, pl.concat(rejects), len(files), fingerprint)
+    return LandedHour(hour, raw, pl.concat(rejects), listing)
 
 
 def conform_hour(
@@ -298,20 +339,27 @@ def events_in_other_hours(lake: Lake, event_ids: pl.Series, first: str, last: st
 
 @dataclass(frozen=True)
 class ConformedHour:
-    """One hour as loaded: its conformed views, its file count and the fingerprint of its files
-    (the raw text is not kept)."""
+    """One hour as loaded: its conformed views and its files (the raw text is not kept)."""
 
     hour: datetime
     conformed: Conformed
-    files: int
-    fingerprint: str
+    listing: HourFiles
 
     @property
     def key(self) -> str:
         return self.hour.strftime(PARTITION_FORMAT)
 
     @property
-    def event_ids(self) -> pl.Series:
+    def files(self) -> int:
+        return len(self.listing.read)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.listing.fingerprint
+
+    @property
+    def loaded_ids(self) -> pl.Series:
+        """The event ids this hour loads (not those it quarantined)."""
         return self.conformed.loaded["event_id"]
 
 
@@ -328,45 +376,38 @@ def conform_chunk(
     earlier: list[pl.Series],
     run: tuple[str, str],
 ) -> list[ConformedHour]:
-    """Read and conform a run's hours, holding one hour's raw text at a time.
+    """Read and conform some of a run's hours, holding one hour's raw text at a time.
 
-    A view already loaded elsewhere is a `duplicate`: in an earlier hour of these `hours` (checked
-    as each is conformed), in an earlier part of the run (`earlier`: the event ids loaded there)
-    or in the lake outside the run's range of partition keys (`run`). The last two are looked up
-    once for all the hours' loaded views; an hour holding such a re-sent view (rare) is read
-    again and conformed against them and against every other of the hours.
+    A view already loaded elsewhere is a `duplicate`: in an earlier one of `hours` (checked as
+    each hour is conformed), in an earlier part of the run (`earlier`: the event ids loaded
+    there) or in the lake outside the run's range of partition keys (`run`). The last two are
+    looked up once, for the views the hours load; an hour loading a view found there (a rare
+    re-sent view) is read again from the same files and conformed against what was found and
+    against every other hour's loaded views.
     """
-
-    def loaded_elsewhere(ids: pl.Series) -> pl.Series:
-        return pl.concat([events_in_other_hours(lake, ids, *run), *_among(ids, earlier)])
-
     done: list[ConformedHour] = []
     for hour in hours:
         landed = read_hour(landing, hour)
-        in_chunk = _among(landed.event_ids, [other.event_ids for other in done])
+        in_chunk = _among(landed.event_ids, [other.loaded_ids for other in done])
         done.append(_conformed_hour(landed, known_product_ids, in_chunk))
-    resent = loaded_elsewhere(pl.concat([NO_EVENT_IDS, *(one.event_ids for one in done)]))
+    loaded = pl.concat([NO_EVENT_IDS, *(one.loaded_ids for one in done)])
+    resent = pl.concat([events_in_other_hours(lake, loaded, *run), *_among(loaded, earlier)])
     for i, first_read in enumerate(done):
-        if not first_read.event_ids.is_in(resent.implode()).any():
+        if not first_read.loaded_ids.is_in(resent.implode()).any():
             continue
-        landed = read_hour(landing, first_read.hour)
-        found = [resent]
-        if landed.fingerprint != first_read.fingerprint:  # files changed since the first read
-            found.append(loaded_elsewhere(landed.event_ids))
-        others = [other.event_ids for j, other in enumerate(done) if j != i]
+        landed = read_hour(landing, first_read.hour, again=first_read.listing)
+        others = [other.loaded_ids for j, other in enumerate(done) if j != i]
         done[i] = _conformed_hour(
-            landed, known_product_ids, found + _among(landed.event_ids, others)
+            landed, known_product_ids, [resent, *_among(landed.event_ids, others)]
         )
     return done
 
 
 def _conformed_hour(
-    landed: LandedHour, known_product_ids: pl.Series, loaded_elsewhere: list[pl.Series]
+    landed: LandedHour, known_product_ids: pl.Series, found_elsewhere: list[pl.Series]
 ) -> ConformedHour:
-    conformed = conform_hour(
-        landed, known_product_ids, pl.concat([NO_EVENT_IDS, *loaded_elsewhere])
-    )
-    return ConformedHour(landed.hour, conformed, landed.files, landed.fingerprint)
+    conformed = conform_hour(landed, known_product_ids, pl.concat([NO_EVENT_IDS, *found_elsewhere]))
+    return ConformedHour(landed.hour, conformed, landed.listing)
 
 
 def hours_in(window: dg.TimeWindow) -> list[datetime]:
