@@ -129,9 +129,12 @@ def _read_line_by_line(path: str, content: bytes) -> tuple[pl.DataFrame, pl.Data
     ]
     # A line cut short or mangled almost never still starts with `{` and ends with `}`: set
     # those aside first, so the rest usually parses in one go.
-    shaped = [(number, line) for number, line in lines if _looks_like_a_record(line)]
+    shaped: list[tuple[int, bytes]] = []
+    suspicious: list[tuple[int, bytes]] = []
+    for number, line in lines:
+        (shaped if _looks_like_a_record(line) else suspicious).append((number, line))
     parsed, bad = _parse_isolating_bad_lines(shaped)
-    for row in (row for row in lines if not _looks_like_a_record(row[1])):
+    for row in suspicious:
         more, rejected = _parse_isolating_bad_lines([row])
         parsed += more
         bad += rejected
@@ -195,7 +198,7 @@ class HourFiles:
     """The files of one hour as listed: those read, and the fingerprint the clickstream sensor
     computes for all of them (uploads still in progress included)."""
 
-    read: tuple[LandedFile, ...]
+    landed: tuple[LandedFile, ...]
     fingerprint: str
 
 
@@ -210,7 +213,7 @@ class LandedHour:
 
     @property
     def files(self) -> int:
-        return len(self.listing.read)
+        return len(self.listing.landed)
 
     @property
     def fingerprint(self) -> str:
@@ -249,15 +252,19 @@ def hour_fingerprints(files: list[LandedFile]) -> dict[str, str]:
     }
 
 
-def list_hour(landing: LandingZone, hour: datetime) -> HourFiles:
-    """The files of one hour to read: those ending in CLICKSTREAM_SUFFIX in its own folder."""
+def _in_hour_folder(landing: LandingZone, hour: datetime) -> list[LandedFile]:
     key = hour.strftime(PARTITION_FORMAT)
     # Blob lists by name prefix: `…/10` also names `…/10-old/`; keep the hour's own folder
-    listed = [
+    return [
         file
         for file in landing.list_files(CLICKSTREAM_CONTAINER, clickstream_hour_prefix(hour))
         if hour_of(file.path) == key
     ]
+
+
+def list_hour(landing: LandingZone, hour: datetime) -> HourFiles:
+    """The files of one hour to read: those ending in CLICKSTREAM_SUFFIX in its own folder."""
+    listed = _in_hour_folder(landing, hour)
     files = [file for file in listed if file.path.endswith(CLICKSTREAM_SUFFIX)]
     if len(files) < len(listed):
         skipped = ", ".join(file.path for file in listed if file not in files)
@@ -265,6 +272,7 @@ def list_hour(landing: LandingZone, hour: datetime) -> HourFiles:
             f"hour {clickstream_hour_prefix(hour)}: left out files not ending in "
             f"{CLICKSTREAM_SUFFIX} (uploads in progress or stray files): {skipped}"
         )
+    key = hour.strftime(PARTITION_FORMAT)
     return HourFiles(tuple(files), hour_fingerprints(listed).get(key, NO_FILES))
 
 
@@ -276,18 +284,19 @@ def read_hour(landing: LandingZone, hour: datetime, again: HourFiles | None = No
     left to the next run (the hour is recorded with the earlier fingerprint, so the clickstream
     sensor sees it as changed), and one that changed or went away is an error.
     """
-    listing = list_hour(landing, hour)
-    if again is not None:
-        now = set(listing.read)
-        if changed := [file.path for file in again.read if file not in now]:
+    if again is None:
+        listing = list_hour(landing, hour)
+    else:
+        now = set(_in_hour_folder(landing, hour))
+        if changed := [file.path for file in again.landed if file not in now]:
             raise dg.Failure(
                 description=f"hour {clickstream_hour_prefix(hour)}: {', '.join(changed)} "
                 "changed or went away while this run read the hour, so nothing was written; "
-                "run the hour again (a run retry does)."
+                "run the hours again (a run retry of `clickstream_hourly` does)."
             )
         listing = again
     raw_frames, rejects = [], [_no_rejects()]
-    for landed in listing.read:
+    for landed in listing.landed:
         rows, bad = read_landed_file(
             landed.path, landing.read_bytes(CLICKSTREAM_CONTAINER, landed.path)
         )
@@ -339,7 +348,8 @@ def events_in_other_hours(lake: Lake, event_ids: pl.Series, first: str, last: st
 
 @dataclass(frozen=True)
 class ConformedHour:
-    """One hour as loaded: its conformed views and its files (the raw text is not kept)."""
+    """One hour as loaded: its conformed views and its files (the hour's raw rows are not
+    kept)."""
 
     hour: datetime
     conformed: Conformed
@@ -351,7 +361,7 @@ class ConformedHour:
 
     @property
     def files(self) -> int:
-        return len(self.listing.read)
+        return len(self.listing.landed)
 
     @property
     def fingerprint(self) -> str:
@@ -363,9 +373,9 @@ class ConformedHour:
         return self.conformed.loaded["event_id"]
 
 
-def _among(ids: pl.Series, frames: list[pl.Series]) -> list[pl.Series]:
-    """Each of `frames` cut down to the ids also in `ids`."""
-    return [frame.filter(frame.is_in(ids.implode())) for frame in frames]
+def _among(ids: pl.Series, id_columns: list[pl.Series]) -> list[pl.Series]:
+    """Each of `id_columns` cut down to the ids also in `ids`."""
+    return [column.filter(column.is_in(ids.implode())) for column in id_columns]
 
 
 def conform_chunk(
@@ -374,39 +384,46 @@ def conform_chunk(
     hours: list[datetime],
     known_product_ids: pl.Series,
     earlier: list[pl.Series],
-    run: tuple[str, str],
+    run_keys: tuple[str, str],
 ) -> list[ConformedHour]:
-    """Read and conform some of a run's hours, holding one hour's raw text at a time.
+    """Read and conform some of a run's hours, holding one hour's raw rows at a time.
 
     A view already loaded elsewhere is a `duplicate`: in an earlier one of `hours` (checked as
     each hour is conformed), in an earlier part of the run (`earlier`: the event ids loaded
-    there) or in the lake outside the run's range of partition keys (`run`). The last two are
-    looked up once, for the views the hours load; an hour loading a view found there (a rare
-    re-sent view) is read again from the same files and conformed against what was found and
-    against every other hour's loaded views.
+    there) or in the lake outside the run's partition keys (`run_keys`: its first and last).
+    The last two are looked up once, for the views the hours load; an hour loading a view found
+    there (a rare re-sent view) is read again from the files of its first read and conformed
+    against what was found and against every other hour's loaded views.
     """
     done: list[ConformedHour] = []
     for hour in hours:
-        landed = read_hour(landing, hour)
-        in_chunk = _among(landed.event_ids, [other.loaded_ids for other in done])
-        done.append(_conformed_hour(landed, known_product_ids, in_chunk))
-    loaded = pl.concat([NO_EVENT_IDS, *(one.loaded_ids for one in done)])
-    resent = pl.concat([events_in_other_hours(lake, loaded, *run), *_among(loaded, earlier)])
-    for i, first_read in enumerate(done):
-        if not first_read.loaded_ids.is_in(resent.implode()).any():
-            continue
-        landed = read_hour(landing, first_read.hour, again=first_read.listing)
-        others = [other.loaded_ids for j, other in enumerate(done) if j != i]
-        done[i] = _conformed_hour(
-            landed, known_product_ids, [resent, *_among(landed.event_ids, others)]
+        done.append(
+            _conformed_hour(landing, hour, known_product_ids, [one.loaded_ids for one in done])
         )
+    loaded = pl.concat([NO_EVENT_IDS, *(one.loaded_ids for one in done)])
+    resent = pl.concat([events_in_other_hours(lake, loaded, *run_keys), *_among(loaded, earlier)])
+    for i, first_read in enumerate(done):
+        if first_read.loaded_ids.is_in(resent.implode()).any():
+            others = [other.loaded_ids for j, other in enumerate(done) if j != i]
+            done[i] = _conformed_hour(
+                landing, first_read.hour, known_product_ids, others, resent, first_read.listing
+            )
     return done
 
 
 def _conformed_hour(
-    landed: LandedHour, known_product_ids: pl.Series, found_elsewhere: list[pl.Series]
+    landing: LandingZone,
+    hour: datetime,
+    known_product_ids: pl.Series,
+    other_hours: list[pl.Series],
+    resent: pl.Series = NO_EVENT_IDS,
+    again: HourFiles | None = None,
 ) -> ConformedHour:
-    conformed = conform_hour(landed, known_product_ids, pl.concat([NO_EVENT_IDS, *found_elsewhere]))
+    """Read one hour and conform it, a view loaded in `other_hours` (their loaded event ids) or
+    in `resent` being a duplicate; the raw rows go out of scope on return."""
+    landed = read_hour(landing, hour, again)
+    found = pl.concat([resent, *_among(landed.event_ids, other_hours)])
+    conformed = conform_hour(landed, known_product_ids, found)
     return ConformedHour(landed.hour, conformed, landed.listing)
 
 
