@@ -392,13 +392,13 @@ def test_make_evaluate_fits_the_shipped_rule_on_four_weeks_each_scored_by_an_ear
     frames = read_lake(local_resources(tiny_lake)["lake"].root_uri)
     cutoff = as_cutoff(assets.default_cutoff(local_resources(tiny_lake)["lake"]))
 
-    rules = evaluate.tuned_blends(frames, purchases(frames), cutoff, TwoTowerConfig(epochs=1))
+    rules = evaluate.blend_rules(frames, purchases(frames), cutoff, TwoTowerConfig(epochs=1))
 
     days = [(cutoff - week.cutoff).days for week in weeks]
     assert days == [28, 21, 14, 7]
     assert [(cutoff - before).days for before in trained_before] == [28, 14]
-    assert tuned_on == [2, 2]  # the tuned weights (`blend`): the two latest weeks, per task
-    rule = rules["shipped_blend"]["A"]
+    assert tuned_on == [2, 2]  # the tuned weights (`tuned_blend`): the two latest weeks, per task
+    rule = rules["blend"]["A"]
     assert isinstance(rule, learned.LearnedRule)
     assert len(fit_on) == 1 and len(fit_on[0]) == 4
     assert rule.customers == sum(rows.customers for rows in fit_on[0])

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from contoso_recs.recommender.report import markdown, rerender, write_report
 
 
@@ -85,3 +87,15 @@ def test_the_report_written_again_from_its_json_files_is_the_report(tmp_path):
     (tmp_path / "evaluation.md").unlink()
 
     assert rerender(tmp_path).read_text() == written
+
+
+def test_a_report_written_before_blend_named_what_ships_is_not_rendered_again(tmp_path):
+    figures = {"hr@5": 0.07, "ndcg@5": 0.016}
+    old = {"A": {"blend": figures, "shipped_blend": figures}, "B": {"popularity": figures}}
+    (tmp_path / "evaluation.json").write_text(json.dumps({"completejourney": {"2017-12-04": old}}))
+    (tmp_path / "evaluation_details.json").write_text("{}")
+
+    with pytest.raises(ValueError, match="run the evaluation again"):
+        rerender(tmp_path)
+
+    assert not (tmp_path / "evaluation.md").exists()
