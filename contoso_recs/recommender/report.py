@@ -88,9 +88,10 @@ def _method_notes() -> list[str]:
     return [
         "- `blend`: what ships, on the same candidates as `tuned_blend`: task A ranked by the "
         f"learned rule (a LambdaRank model over the blend's signals) fit on the {RULE_WEEKS} "
-        f"weeks before the cutoff (each {VALIDATION_WEEKS} scored by a model trained before "
-        "them), task B by the shipped weights, as the weekly top-5 table ranks. The model card "
-        "and the promotion gate judge these rules too, but on the candidate's own holdout week, "
+        f"weeks before the cutoff (each block of {VALIDATION_WEEKS} weeks scored by a model "
+        "trained before it), task B by the shipped weights, as the weekly top-5 table ranks. "
+        "The model card and the promotion gate judge these rules too, but on the candidate's "
+        "own holdout week, "
         "where task A's rule is cross-fitted (each half of the week's customers ranked by a "
         "rule fit on the other half and the earlier weeks), so their task-A figures can sit "
         "above what ships.",
