@@ -74,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     backtest.add_argument("--seed", type=int, default=0)
     add_data_dir(backtest)
     backtest.set_defaults(run=run_backtest)
+
+    top5 = commands.add_parser(
+        "top5", help="one customer's five products in the weekly email table (lake/weekly_top5)"
+    )
+    top5.add_argument("--customer", type=int, required=True, help="the customer id")
+    top5.add_argument(
+        "--week",
+        type=date.fromisoformat,
+        default=None,
+        help="the week's Monday, YYYY-MM-DD (default: the latest week written)",
+    )
+    add_data_dir(top5)
+    top5.set_defaults(run=run_top5)
     return parser
 
 
@@ -119,6 +132,43 @@ def run_backtest(args: argparse.Namespace) -> int:
         args.data_dir, args.dataset, args.scale, args.seed, report, week=args.week, backtest=True
     )
     return 0 if succeeded else 1
+
+
+def run_top5(args: argparse.Namespace) -> int:
+    """`top5`: a customer's row of the weekly email table, as the campaign reads it."""
+    import polars as pl
+
+    from contoso_recs.resources.lake import Lake
+    from contoso_recs.weekly_email.assets import TABLE
+
+    lake = Lake(root_uri=str(args.data_dir / "lake"))
+    if not lake.exists(TABLE):
+        raise FileNotFoundError(
+            f"no weekly email table at {lake.uri(TABLE)}: run `make demo`, or materialise "
+            "lake/weekly_top5 for a week"
+        )
+    table = lake.scan(TABLE)
+    week = args.week or table.select(pl.col("week").max()).collect().item()
+    rows = (
+        table.filter((pl.col("week") == week) & (pl.col("customer_id") == args.customer))
+        .sort("rank")
+        .collect()
+    )
+    if rows.is_empty():
+        sys.stderr.write(
+            f"customer {args.customer} has no products in the week of {week}: the week is not "
+            "written, or the customer was not known before its Monday\n"
+        )
+        return 1
+    lines = [f"week of {week}, customer {args.customer}, model {rows['model_version'][0]}:"]
+    for row in rows.iter_rows(named=True):
+        price = "" if row["price"] is None else f"  {row['price']:.2f}"
+        lines.append(
+            f"  {row['rank']}. {row['product_id']}  {row['product_name'] or ''}{price}  "
+            f"{row['reason']}  (score {row['score']:.4f})"
+        )
+    sys.stdout.write("\n".join(lines) + "\n")
+    return 0
 
 
 def summary(manifest: dict, folder: Path, seconds: float) -> str:
