@@ -155,9 +155,20 @@ def run_top5(args: argparse.Namespace) -> int:
         .collect()
     )
     if rows.is_empty():
+        held = (
+            table.filter(pl.col("week") == week)
+            .select(
+                pl.col("customer_id").n_unique().alias("customers"),
+                pl.col("customer_id").min().alias("first"),
+                pl.col("customer_id").max().alias("last"),
+            )
+            .collect()
+            .row(0, named=True)
+        )
         sys.stderr.write(
-            f"customer {args.customer} has no products in the week of {week}: the week is not "
-            "written, or the customer was not known before its Monday\n"
+            f"customer {args.customer} has no products in the week of {week}, which holds "
+            f"{held['customers']:,} customers (ids {held['first']} to {held['last']}): the "
+            "customer was not known before its Monday, or the week is not written\n"
         )
         return 1
     lines = [f"week of {week}, customer {args.customer}, model {rows['model_version'][0]}:"]

@@ -63,7 +63,10 @@ def test_a_customer_not_in_the_week_is_said_so_with_exit_code_1(data_dir, capsys
 
     captured = capsys.readouterr()
     assert captured.out == ""
-    assert "customer 8 has no products in the week of 2026-11-23" in captured.err
+    assert (
+        "customer 8 has no products in the week of 2026-11-23, which holds 1 customers "
+        "(ids 7 to 7)" in captured.err
+    )
 
 
 def test_no_table_yet_is_a_clear_error(tmp_path, capsys):
