@@ -185,15 +185,7 @@ def test_a_view_sent_again_in_a_later_hour_is_loaded_once(
         [view_line("e1"), view_line("e3", viewed_at="2026-11-20T11:01:00.000Z")],
     )
     if as_one_range:
-        result = run_job(
-            "clickstream_hourly",
-            data_dir,
-            instance,
-            tags={
-                "dagster/asset_partition_range_start": PARTITION,
-                "dagster/asset_partition_range_end": "2026-11-20-11:00",
-            },
-        )
+        result = load_range(data_dir, instance, PARTITION, "2026-11-20-11:00")
         assert result.success
         rejects = lake.read(QUARANTINE_TABLE)
         assert rejects.select("partition_key", "reason").rows() == [
@@ -220,6 +212,19 @@ def test_a_view_sent_again_in_a_later_hour_is_loaded_once(
     assert views.select("event_id", "landed_hour").rows() == expected
     rejects = lake.read(QUARANTINE_TABLE).filter(pl.col("target_table") == "product_views")
     assert rejects.select("partition_key", "reason").rows() == [("2026-11-20-11:00", "duplicate")]
+
+
+def load_range(data_dir, instance, first: str, last: str):
+    """One run of `clickstream_hourly` over the hours from `first` to `last` (partition keys)."""
+    return run_job(
+        "clickstream_hourly",
+        data_dir,
+        instance,
+        tags={
+            "dagster/asset_partition_range_start": first,
+            "dagster/asset_partition_range_end": last,
+        },
+    )
 
 
 def recorded_reads(monkeypatch, after_first_read=None) -> list[str]:
@@ -253,15 +258,7 @@ def test_a_run_reads_an_hour_again_only_when_it_holds_a_view_sent_again(
     )
     reads = recorded_reads(monkeypatch)
 
-    result = run_job(
-        "clickstream_hourly",
-        data_dir,
-        instance,
-        tags={
-            "dagster/asset_partition_range_start": "2026-11-20-11:00",
-            "dagster/asset_partition_range_end": "2026-11-20-12:00",
-        },
-    )
+    result = load_range(data_dir, instance, "2026-11-20-11:00", "2026-11-20-12:00")
 
     assert result.success
     assert reads == ["2026-11-20-11:00", "2026-11-20-12:00", "2026-11-20-12:00"]
@@ -343,15 +340,7 @@ def test_a_file_changed_between_the_two_reads_of_an_hour_fails_the_run_and_write
 
     recorded_reads(monkeypatch, after_first_read=file_changes)
 
-    result = run_job(
-        "clickstream_hourly",
-        data_dir,
-        instance,
-        tags={
-            "dagster/asset_partition_range_start": "2026-11-20-11:00",
-            "dagster/asset_partition_range_end": "2026-11-20-12:00",
-        },
-    )
+    result = load_range(data_dir, instance, "2026-11-20-11:00", "2026-11-20-12:00")
 
     assert not result.success
     failure = next(e for e in result.all_events if e.is_step_failure)
@@ -382,15 +371,7 @@ def test_a_long_run_logs_a_line_a_day_and_its_hours_at_debug_level(
             [view_line(f"e{hour}", viewed_at=f"{moment:%Y-%m-%dT%H}:05:00Z")],
         )
     single = load_hour(data_dir, instance, PARTITION)
-    span = run_job(
-        "clickstream_hourly",
-        data_dir,
-        instance,
-        tags={
-            "dagster/asset_partition_range_start": PARTITION,
-            "dagster/asset_partition_range_end": "2026-11-20-12:00",
-        },
-    )
+    span = load_range(data_dir, instance, PARTITION, "2026-11-20-12:00")
 
     assert single.success and span.success
     assert run_log(instance, single, logging.INFO)[0].startswith(

@@ -203,13 +203,15 @@ class HourFiles:
 
 
 @dataclass(frozen=True)
-class LandedHour:
-    """The raw rows of one hour's files, the lines rejected while reading, and its files."""
+class ListedHour:
+    """One hour and the files listed for it."""
 
     hour: datetime
-    raw: pl.DataFrame
-    rejects: pl.DataFrame
     listing: HourFiles
+
+    @property
+    def key(self) -> str:
+        return self.hour.strftime(PARTITION_FORMAT)
 
     @property
     def files(self) -> int:
@@ -218,6 +220,14 @@ class LandedHour:
     @property
     def fingerprint(self) -> str:
         return self.listing.fingerprint
+
+
+@dataclass(frozen=True)
+class LandedHour(ListedHour):
+    """The raw rows of one hour's files and the lines rejected while reading them."""
+
+    raw: pl.DataFrame
+    rejects: pl.DataFrame
 
     @property
     def event_ids(self) -> pl.Series:
@@ -307,7 +317,7 @@ def read_hour(landing: LandingZone, hour: datetime, again: HourFiles | None = No
         if raw_frames
         else _with_line_numbers(pl.DataFrame(schema=RAW_SCHEMA), "", [])
     )
-    return LandedHour(hour, raw, pl.concat(rejects), listing)
+    return LandedHour(hour, listing, raw, pl.concat(rejects))
 
 
 def conform_hour(
@@ -347,25 +357,10 @@ def events_in_other_hours(lake: Lake, event_ids: pl.Series, first: str, last: st
 
 
 @dataclass(frozen=True)
-class ConformedHour:
-    """One hour as loaded: its conformed views and its files (the hour's raw rows are not
-    kept)."""
+class ConformedHour(ListedHour):
+    """One hour as loaded: its conformed views (the hour's raw rows are not kept)."""
 
-    hour: datetime
     conformed: Conformed
-    listing: HourFiles
-
-    @property
-    def key(self) -> str:
-        return self.hour.strftime(PARTITION_FORMAT)
-
-    @property
-    def files(self) -> int:
-        return len(self.listing.landed)
-
-    @property
-    def fingerprint(self) -> str:
-        return self.listing.fingerprint
 
     @property
     def loaded_ids(self) -> pl.Series:
@@ -424,7 +419,7 @@ def _conformed_hour(
     landed = read_hour(landing, hour, again)
     found = pl.concat([resent, *_among(landed.event_ids, other_hours)])
     conformed = conform_hour(landed, known_product_ids, found)
-    return ConformedHour(landed.hour, conformed, landed.listing)
+    return ConformedHour(landed.hour, landed.listing, conformed)
 
 
 def hours_in(window: dg.TimeWindow) -> list[datetime]:
