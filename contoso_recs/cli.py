@@ -14,6 +14,10 @@ from contoso_recs.settings import data_dir
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
+class UsageError(Exception):
+    """A command asked for something the data does not hold: said in one line, exit code 2."""
+
+
 def add_data_dir(parser: argparse.ArgumentParser) -> None:
     """The `--data-dir` option shared by the commands."""
     parser.add_argument(
@@ -148,7 +152,16 @@ def run_top5(args: argparse.Namespace) -> int:
             "lake/weekly_top5 for a week"
         )
     table = lake.scan(TABLE)
-    week = args.week or table.select(pl.col("week").max()).collect().item()
+    weeks = table.select(pl.col("week").unique().sort()).collect()["week"].to_list()
+    written = ", ".join(f"{monday}" for monday in weeks[-8:]) or "none"
+    if args.week is not None and args.week.weekday() != 0:
+        raise UsageError(
+            f"--week {args.week} is a {args.week:%A}: a week is named by its Monday "
+            f"(weeks written, latest 8: {written})"
+        )
+    if args.week is not None and args.week not in weeks:
+        raise UsageError(f"the week of {args.week} is not written (latest 8: {written})")
+    week = args.week or weeks[-1]
     rows = (
         table.filter((pl.col("week") == week) & (pl.col("customer_id") == args.customer))
         .sort("rank")
@@ -225,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run: Callable[[argparse.Namespace], int] = args.run
     try:
         return run(args)
-    except FileNotFoundError as error:
+    except (FileNotFoundError, UsageError) as error:
         parser.error(str(error))
 
 

@@ -75,3 +75,21 @@ def test_no_table_yet_is_a_clear_error(tmp_path, capsys):
 
     assert stopped.value.code == 2
     assert "no weekly email table at" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "week, said",
+    [
+        ("2026-11-24", "--week 2026-11-24 is a Tuesday: a week is named by its Monday"),
+        ("2026-11-30", "the week of 2026-11-30 is not written"),
+    ],
+)
+def test_a_week_that_is_not_a_written_monday_is_refused_with_the_weeks_written(
+    week, said, data_dir, capsys
+):
+    with pytest.raises(SystemExit) as stopped:
+        main(["top5", "--customer", "7", "--week", week, "--data-dir", str(data_dir)])
+
+    assert stopped.value.code == 2
+    err = capsys.readouterr().err
+    assert said in err and "latest 8: 2026-11-16, 2026-11-23" in err

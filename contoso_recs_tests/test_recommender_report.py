@@ -34,6 +34,10 @@ def test_report_shows_each_methods_interval_and_its_difference_from_the_referenc
     assert "| popularity | [0.0590, 0.0860] | — | [0.0127, 0.0195] | — |" in text
     cells = ["[0.0610, 0.0890]", "[-0.0055, +0.0111]", "[0.0132, 0.0204]", "[+0.0007, +0.0023]"]
     assert "| blend | " + " | ".join(cells) + " |" in text
+    assert (
+        "What ships (`blend`) against `popularity`: HR@5 no measured difference; "
+        "NDCG@5 measurably above." in text
+    )
 
 
 def test_evaluation_json_holds_the_task_figures_and_the_details_sit_beside_it(tmp_path):

@@ -13,6 +13,7 @@ log = logging.getLogger(__name__)
 TASK_TITLES = {"A": "A: any product", "B": "B: products new to the customer"}
 METRICS = ("hr@5", "ndcg@5", "map@5", "recall@10", "coverage@5", "already_bought@5")
 CHART_METRICS = ("hr@5", "ndcg@5")
+SHIPPED = "blend"
 
 
 def write_report(results: dict, out_dir: Path) -> list[Path]:
@@ -181,7 +182,23 @@ def _interval_table(task: str, methods: dict) -> list[str]:
         "95% intervals (bootstrap over the test customers; a difference is paired, customer by "
         f"customer, with `{reference}`: an interval that holds 0 is no measured difference):"
     )
-    return [note, "", header, rule, *rows, ""]
+    return [note, "", header, rule, *rows, "", *_verdict(methods.get(SHIPPED, {}), reference)]
+
+
+def _verdict(values: dict, reference: str) -> list[str]:
+    """One line saying whether what ships measurably beats the task's reference method."""
+    said = []
+    for metric in ("hr@5", "ndcg@5"):
+        if (column := f"{metric} - {reference}") not in values:
+            return []
+        low, high = values[column]
+        if low > 0:
+            said.append(f"{metric.upper()} measurably above")
+        elif high < 0:
+            said.append(f"{metric.upper()} measurably below")
+        else:
+            said.append(f"{metric.upper()} no measured difference")
+    return [f"What ships (`{SHIPPED}`) against `{reference}`: " + "; ".join(said) + ".", ""]
 
 
 def _interval_cell(values: dict, column: str) -> str:
