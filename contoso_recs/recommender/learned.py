@@ -343,10 +343,13 @@ def fit(
 
 
 def fit_rows(
-    weeks: Sequence[WeekRows], explain: BlendConfig, threads: int | None = None
+    weeks: Sequence[WeekRows],
+    explain: BlendConfig,
+    threads: int | None = None,
+    purpose: str = "",
 ) -> LearnedRule | None:
     """The rule fit on the rows of one or more weeks (`WeekRows`); None when they hold fewer
-    than MIN_CUSTOMERS customers."""
+    than MIN_CUSTOMERS customers. `purpose` says in the log what the fit is for."""
     customers = sum(week.customers for week in weeks)
     if customers < MIN_CUSTOMERS:
         log.info(
@@ -363,7 +366,13 @@ def fit_rows(
     )
     parameters = {**PARAMETERS, **({"num_threads": threads} if threads else {})}
     booster = lgb.train(parameters, data, num_boost_round=ROUNDS)
-    log.info("learned blend rule fit on %d customers of %d weeks", customers, len(weeks))
+    log.info(
+        "learned blend rule%s fit on %d customers of %d week%s",
+        f" ({purpose})" if purpose else "",
+        customers,
+        len(weeks),
+        "" if len(weeks) == 1 else "s",
+    )
     return LearnedRule(booster, explain, customers)
 
 
@@ -392,7 +401,8 @@ def cross_fitted_scores(
     scores = np.full(pool.positions.shape, -np.inf)
     for held_out in range(FOLDS):
         others = WeekRows.of(pool.customers_where(fold != held_out), targets, explain, "")
-        rule = fit_rows([others, *earlier], explain, threads)
+        purpose = f"cross-fitting fold {held_out + 1} of {FOLDS}, to score the customers left out"
+        rule = fit_rows([others, *earlier], explain, threads, purpose)
         if rule is None:
             return None
         rows = np.flatnonzero(fold == held_out)
