@@ -181,7 +181,7 @@ def run_top5(args: argparse.Namespace) -> int:
         sys.stderr.write(
             f"customer {args.customer} has no products in the week of {week}, which holds "
             f"{held['customers']:,} customers (ids {held['first']} to {held['last']}): the "
-            "customer was not known before its Monday, or the week is not written\n"
+            "customer was not known before its Monday\n"
         )
         return 1
     lines = [f"week of {week}, customer {args.customer}, model {rows['model_version'][0]}:"]
