@@ -349,9 +349,15 @@ def prepare_sources(data_dir: Path, dataset: str, scale: str, seed: int, report:
         same_scale = dataset == "completejourney" or (
             manifest.get("scale") == scale and manifest.get("seed") == seed
         )
-        if manifest.get("dataset") == dataset and same_scale:
+        current_layout = manifest.get("layout", 1) == layout.SOURCES_LAYOUT
+        if manifest.get("dataset") == dataset and same_scale and current_layout:
             report(f"Reusing the {dataset} sources already in {layout.sources_root(data_dir)}")
             return False
+        if not current_layout:
+            report(
+                f"The sources in {layout.sources_root(data_dir)} were written by an earlier "
+                "version (no promotions table): writing them again"
+            )
     if dataset == "completejourney":
         report("Loading The Complete Journey into the local sources")
         completejourney.load(data_dir)

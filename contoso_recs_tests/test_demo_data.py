@@ -317,6 +317,7 @@ def test_completejourney_loads_every_row(completejourney_sources: Path, complete
     assert len(crm_contacts(completejourney_sources)) == parquet_rows["demographics"] == 801
     assert manifest["counts"] == {
         **on_disk,
+        "promotions": 1_184_798,
         "customers": 801,
         "product_views": 0,
         "clickstream_files": 0,
@@ -325,6 +326,44 @@ def test_completejourney_loads_every_row(completejourney_sources: Path, complete
     }
     assert manifest["bad_input"] == {}
     assert not (layout.sources_root(completejourney_sources) / "blob").exists()
+
+
+def test_completejourney_promotions_become_a_weekly_plan_of_store_shares():
+    # week 50 starts on Monday 2017-12-04; three stores promote that week, two in week 51
+    raw = pl.DataFrame(
+        {
+            "product_id": [1, 1, 1, 2, 2, 1, 1],
+            "store_id": [7, 8, 9, 7, 9, 7, 8],
+            "display_location": ["0", "3", "0", "0", "0", "A", "0"],
+            "mailer_location": ["A", "A", "0", "0", "D", "0", "A"],
+            "week": [50, 50, 50, 50, 50, 51, 51],
+        }
+    )
+
+    plan = completejourney.promotion_table(raw)
+
+    assert plan.rows() == [
+        ("2017-12-04", 1, 2 / 3, 1 / 3, "2017-11-27 00:00:00"),
+        ("2017-12-04", 2, 1 / 3, 0.0, "2017-11-27 00:00:00"),
+        ("2017-12-11", 1, 0.5, 0.5, "2017-12-04 00:00:00"),
+    ]
+    assert list(plan.columns) == list(layout.PROMOTION_COLUMNS)
+
+
+def test_completejourney_promotions_load_into_the_transactional_database(
+    completejourney_sources: Path,
+):
+    with sqlite3.connect(layout.transactions_db_path(completejourney_sources)) as conn:
+        weeks, products, monday = conn.execute(
+            "SELECT count(DISTINCT week_start), count(DISTINCT product_id),"
+            " min(week_start) FROM promotions"
+        ).fetchone()
+        mailer_2017_12_04 = conn.execute(
+            "SELECT count(*) FROM promotions WHERE week_start = '2017-12-04' AND mailer_share > 0"
+        ).fetchone()[0]
+    assert (weeks, monday) == (53, "2016-12-26")
+    assert products > 40_000
+    assert 2_000 < mailer_2017_12_04 < 5_000
 
 
 def test_completejourney_basket_becomes_an_order_with_numbered_lines(completejourney_sources: Path):

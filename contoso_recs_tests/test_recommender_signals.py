@@ -310,3 +310,50 @@ def test_blend_weights_must_be_finite_and_the_pool_must_hold_the_rules_half_life
     pool = candidates(np.zeros((1, len(PRODUCTS)), "f4"), bought, CUTOFF, np.array([1]), PRODUCTS)
     with pytest.raises(ValueError, match="half-life"):
         BlendConfig(repeat_half_life_days=5.0).scores(pool)
+
+
+def promotion_plan(rows: list[tuple[str, int, float]]) -> pl.DataFrame:
+    """(week's Monday, product, mailer share) rows as the lake's promotions table."""
+    return pl.DataFrame(
+        {
+            "week_start": [datetime.fromisoformat(r[0]).date() for r in rows],
+            "product_id": [r[1] for r in rows],
+            "mailer_share": [r[2] for r in rows],
+            "display_share": [0.0] * len(rows),
+        }
+    )
+
+
+# CUTOFF is Monday 2017-12-04: 20 is in that week's mailer, 30 in the week's before and after.
+PLAN = promotion_plan(
+    [("2017-11-27", 30, 1.0), ("2017-12-04", 20, 0.5), ("2017-12-04", 40, 0.0),
+     ("2017-12-11", 30, 1.0), ("2017-12-04", 99, 1.0)]
+)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "cutoff", [CUTOFF, CUTOFF + timedelta(days=2, hours=13), CUTOFF + timedelta(days=6)]
+)
+def test_the_mailer_is_the_plan_of_the_week_holding_the_cutoff_and_no_other(cutoff):
+    shares = blend.mailer_shares(PLAN, cutoff, PRODUCTS)
+
+    # products 10, 20, 30, 40; 99 is outside the catalogue
+    assert shares.tolist() == [0.0, 0.5, 0.0, 0.0]
+    assert blend.mailer_shares(PLAN, CUTOFF - timedelta(seconds=1), PRODUCTS).tolist() == [
+        0.0, 0.0, 1.0, 0.0
+    ]  # fmt: skip
+    assert blend.mailer_shares(None, cutoff, PRODUCTS).tolist() == [0.0] * 4
+
+
+def test_the_mailer_weight_lifts_what_the_weeks_mailer_features():
+    # by popularity alone 30 comes first for customer 1; in the mailer, 20 does
+    bought = shared_tastes()
+    scores = np.zeros((1, len(PRODUCTS)), dtype=np.float32)
+    pool = candidates(scores, bought, CUTOFF, np.array([1]), PRODUCTS, promotions=PLAN)
+    by_popularity = BlendConfig(allow_repeats=False, model_weight=0.0, popularity_weight=0.01)
+
+    assert recommend(pool, by_popularity, 1) == {1: [30]}
+    assert recommend(pool, replace(by_popularity, mailer_weight=1.0), 1) == {1: [20]}
+    without_plan = candidates(scores, bought, CUTOFF, np.array([1]), PRODUCTS)
+    assert not without_plan.features["mailer"].any()
+    assert recommend(without_plan, replace(by_popularity, mailer_weight=1.0), 1) == {1: [30]}

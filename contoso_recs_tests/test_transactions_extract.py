@@ -185,3 +185,54 @@ def test_an_interrupted_refresh_keeps_the_previous_version_and_the_next_run_reco
     assert result.success
     assert lake.read("order_lines").height == lines_before.height + 1
     assert lake.read("order_lines", version=version_before).equals(lines_before)
+
+
+PROMOTION_COLUMNS = ["week_start", "product_id", "mailer_share", "display_share", "modified_at"]
+
+
+def test_the_promotion_plan_is_loaded_by_week_and_product_and_bad_rows_quarantined(
+    sources, data_dir, instance, lake
+):
+    fill_catalogue_and_orders(sources)
+    sources.sql(
+        "promotions",
+        PROMOTION_COLUMNS,
+        [
+            ("2026-11-02", 10, 0.75, 0.0, T0),
+            ("2026-11-02", 11, 0.0, 0.5, T0),
+            ("2026-11-03", 12, 0.5, 0.0, T0),  # a Tuesday
+            ("2026-11-09", 10, 1.5, 0.0, T0),
+            ("2026-11-09", 999, 0.5, 0.0, T0),
+            ("2026-11-09", 11, "most", 0.0, T0),
+        ],
+    )
+
+    first = refresh_lake(data_dir, instance)
+
+    promotions = materialization(first, "lake", "promotions")
+    assert (promotions["rows_read"], promotions["rows_loaded"]) == (6, 2)
+    assert promotions["quarantined_by_reason"] == {
+        "week_start_not_monday": 1,
+        "share_out_of_range": 1,
+        "unknown_product": 1,
+        "invalid_mailer_share": 1,
+    }
+    loaded = lake.read("promotions").sort("product_id")
+    assert loaded.schema["week_start"] == pl.Date
+    assert loaded.select("product_id", "mailer_share", "display_share").rows() == [
+        (10, 0.75, 0.0),
+        (11, 0.0, 0.5),
+    ]
+    assert quarantine_reasons(lake, "promotions") == [
+        (f"2026-11-03/12@{T0}", "week_start_not_monday"),
+        (f"2026-11-09/10@{T0}", "share_out_of_range"),
+        (f"2026-11-09/11@{T0}", "invalid_mailer_share"),
+        (f"2026-11-09/999@{T0}", "unknown_product"),
+    ]
+
+    # A revised plan replaces the week's row for the product; a rerun changes nothing more.
+    sources.sql("promotions", PROMOTION_COLUMNS, [("2026-11-02", 10, 0.25, 0.0, T1)])
+    refresh_lake(data_dir, instance)
+    again = refresh_lake(data_dir, instance)
+    assert materialization(again, "lake", "promotions")["rows_inserted"] == 0
+    assert lake.read("promotions").sort("product_id")["mailer_share"].to_list() == [0.25, 0.0]

@@ -12,6 +12,7 @@ LAKE_REFRESH_ASSETS = (
     keys.PRODUCTS,
     keys.ORDERS,
     keys.ORDER_LINES,
+    keys.PROMOTIONS,
     keys.CUSTOMERS,
     keys.PRODUCT_IMAGES,
     keys.PRODUCT_IMAGE_FEATURES,
@@ -28,7 +29,9 @@ RETRIED_LOAD = {"dagster/max_retries": str(LOAD_RETRIES)}
 lake_refresh_job = dg.define_asset_job(
     "lake_refresh",
     selection=dg.AssetSelection.assets(*LAKE_REFRESH_ASSETS),
-    description="Bring products, orders, customers and product images up to date in the lake.",
+    description=(
+        "Bring products, orders, promotions, customers and product images up to date in the lake."
+    ),
     tags=RETRIED_LOAD,
 )
 

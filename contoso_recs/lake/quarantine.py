@@ -59,6 +59,7 @@ QUARANTINED_TABLES = [
     keys.PRODUCTS,
     keys.ORDERS,
     keys.ORDER_LINES,
+    keys.PROMOTIONS,
     keys.CUSTOMERS,
     keys.PRODUCT_VIEWS,
     keys.PRODUCT_IMAGES,

@@ -23,10 +23,12 @@ MODEL_GROUP = "model"
 CANDIDATE = dg.AssetKey(["model", "two_tower_candidate"])
 EVALUATION = dg.AssetKey(["model", "evaluation"])
 PROMOTED = dg.AssetKey(["model", "promoted_model"])
+# What the candidate is trained and judged on (the promotion plan: the blend's mailer term).
 TRAINING_TABLES = [
     keys.PRODUCTS,
     keys.ORDERS,
     keys.ORDER_LINES,
+    keys.PROMOTIONS,
     keys.CUSTOMERS,
     keys.PRODUCT_VIEWS,
     keys.PRODUCT_IMAGE_FEATURES,

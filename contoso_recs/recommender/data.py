@@ -5,7 +5,7 @@ T can never see the week it is asked to predict. The test week is the 7 days sta
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 
 import polars as pl
@@ -17,14 +17,23 @@ LAKE_TABLES = (
     "products",
     "orders",
     "order_lines",
+    "promotions",
     "customers",
     "product_views",
     "product_image_features",
 )
 UTC_US = pl.Datetime("us", "UTC")
-# Sources a dataset may lack (The Complete Journey has no clickstream and no images): a missing
-# table of these reads as empty, with its lake schema.
+# Sources a dataset may lack (The Complete Journey has no clickstream and no images; a lake
+# written before the promotions were extracted has no promotions): a missing table of these reads
+# as empty, with its lake schema.
 OPTIONAL_TABLES = {
+    "promotions": {
+        "week_start": pl.Date,
+        "product_id": pl.Int64,
+        "mailer_share": pl.Float64,
+        "display_share": pl.Float64,
+        "modified_at": UTC_US,
+    },
     "product_views": {
         "event_id": pl.String,
         "customer_id": pl.Int64,
@@ -59,6 +68,9 @@ class LakeFrames:
     customers: pl.DataFrame
     product_views: pl.DataFrame
     product_image_features: pl.DataFrame
+    promotions: pl.DataFrame = field(
+        default_factory=lambda: pl.DataFrame(schema=OPTIONAL_TABLES["promotions"])
+    )
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,19 @@ def purchases(frames: LakeFrames) -> pl.DataFrame:
         )
         .sort("at", "order_id", "product_id")
     )
+
+
+def week_mailer(promotions: pl.DataFrame, cutoff: datetime) -> pl.DataFrame:
+    """The mailer of the week holding the cutoff (the week from its Monday): product_id and
+    mailer_share, the share of stores whose mailer features the product, for the products in it.
+
+    A week's promotion plan is written before the week starts, so this is known at the cutoff
+    even though the week itself is not over; no other week's plan is read.
+    """
+    monday = cutoff.date() - timedelta(days=cutoff.weekday())
+    return promotions.filter(
+        (pl.col("week_start") == monday) & (pl.col("mailer_share") > 0)
+    ).select("product_id", "mailer_share")
 
 
 def before(frame: pl.DataFrame, cutoff: datetime, column: str = "at") -> pl.DataFrame:

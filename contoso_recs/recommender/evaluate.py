@@ -167,6 +167,7 @@ def model_pool(
         test.index,
         test.categories,
         als=test.als(bought),
+        promotions=frames.promotions,
     )
     return scores, pool
 

@@ -96,6 +96,11 @@ def _method_notes() -> list[str]:
         "where task A's rule is cross-fitted (each half of the week's customers ranked by a "
         "rule fit on the other half and the earlier weeks), so their task-A figures can sit "
         "above what ships.",
+        "- Task B's mailer term: the blends read the promotion plan of the test week itself "
+        "(the share of stores whose weekly mailer features each product), the one input from "
+        "the week being predicted: the plan is written before its week starts, as the weekly "
+        "email is. Every other input is from before the cutoff; the baselines and `two_tower` "
+        "do not read the plan.",
         "- `tuned_blend`: a yardstick that never ships: the blend's weights tuned at each "
         f"cutoff on the {VALIDATION_WEEKS} weeks before it, scored by a model trained before "
         "them.",
@@ -115,9 +120,10 @@ def _method_notes() -> list[str]:
 def _complete_journey_weeks() -> list[str]:
     """Which weeks of The Complete Journey chose the product's settings."""
     return [
-        "- Which weeks chose what (The Complete Journey): the two-tower's training settings "
-        "and the learned rule's were chosen on validation weeks from 2017-10-02 to 2017-11-27; "
-        "the shipped task-B weights, ALS and item-kNN on weeks up to 2017-11-06. None was "
+        "- Which weeks chose what (The Complete Journey): the two-tower's training settings, "
+        "the learned rule's and the task-B mailer weight were chosen on validation weeks from "
+        "2017-10-02 to 2017-11-27; the other task-B weights, ALS and item-kNN on weeks up to "
+        "2017-11-06. None was "
         "chosen on the week from 2017-12-04: it is free of tuning, though its figures have "
         "been reported after each change. Some validation weeks (from 2017-11-20) come after "
         "2017-11-13, so its figures of the methods ranking with the two-tower model "

@@ -22,7 +22,8 @@ team's rules:
 Reason codes say which part of the score carried the product: `bought_before`,
 `similar_to_your_purchases`, `popular_with_customers_like_you` (what customers who shop like
 them buy, by ALS preference; without a purchase history, from the profile through the model),
-`popular_in_your_categories` and `popular_now`.
+`popular_in_your_categories`, `popular_now` and `in_this_weeks_mailer` (featured in the week's
+mailer, by the promotion plan).
 """
 
 import logging
@@ -68,7 +69,8 @@ SIMILAR = "similar_to_your_purchases"
 LIKE_YOU = "popular_with_customers_like_you"
 IN_YOUR_CATEGORIES = "popular_in_your_categories"
 POPULAR_NOW = "popular_now"
-REASONS = (BOUGHT_BEFORE, SIMILAR, LIKE_YOU, IN_YOUR_CATEGORIES, POPULAR_NOW)
+IN_THE_MAILER = "in_this_weeks_mailer"
+REASONS = (BOUGHT_BEFORE, SIMILAR, LIKE_YOU, IN_YOUR_CATEGORIES, POPULAR_NOW, IN_THE_MAILER)
 TABLE_SCHEMA = {
     "week": pl.Date,
     "customer_id": pl.Int64,
@@ -176,6 +178,7 @@ class WeeklyScorer:
             category_codes(products),
             half_lives,
             als=uses_als,
+            promotions=frames.promotions,
         )
         log.info(
             "weekly scoring as of %s: %d customers, %d products on sale (%d known to the model)",
@@ -269,7 +272,8 @@ class WeeklyScorer:
         A term's lift is its value for the product minus its median over the candidates the
         customer may be shown, so a term that is large for every candidate (popularity) does
         not claim every product. Co-purchase counts as "similar to your purchases", the trend
-        as "popular now", ALS preference as "popular with customers like you".
+        as "popular now", ALS preference as "popular with customers like you", the mailer share
+        as "in this week's mailer".
         """
         terms = {
             name: term
@@ -284,6 +288,7 @@ class WeeklyScorer:
             "category": ("category",),
             "popularity": ("popularity", "trend"),
             "like_you": ("als",),
+            "mailer": ("mailer",),
         }
         lifts = []
         for names in groups.values():
@@ -311,6 +316,7 @@ class WeeklyScorer:
                 np.full(slots.shape, REASONS.index(IN_YOUR_CATEGORIES)),
                 np.full(slots.shape, REASONS.index(POPULAR_NOW)),
                 np.full(slots.shape, REASONS.index(LIKE_YOU)),
+                np.full(slots.shape, REASONS.index(IN_THE_MAILER)),
             ],
         )
         owned = np.take_along_axis(pool.owned, slots, axis=1)

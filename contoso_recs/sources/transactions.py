@@ -1,4 +1,4 @@
-"""Products, orders and order lines from the transactional database into the lake."""
+"""Products, orders, order lines and promotions from the transactional database into the lake."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -10,6 +10,7 @@ from contoso_recs.lake.conform import (
     Column,
     Contract,
     Rule,
+    as_date,
     as_flag,
     as_float,
     as_int,
@@ -99,6 +100,33 @@ def order_lines_contract(known_product_ids: pl.Series) -> Contract:
     )
 
 
+def promotions_contract(known_product_ids: pl.Series) -> Contract:
+    """The weekly promotion plan: per week (its Monday) and product, the share of stores whose
+    printed and digital mailer features the product, and the share that display it in store.
+
+    A week's plan is written before the week starts, so the recommender may use the plan of the
+    week it recommends for.
+    """
+    share = pl.col("mailer_share"), pl.col("display_share")
+    return Contract(
+        columns=[
+            Column("week_start", as_date(), required=True),
+            Column("product_id", as_int, required=True),
+            Column("mailer_share", as_float),
+            Column("display_share", as_float),
+            Column("modified_at", as_timestamp(SQL_TIMESTAMP_READ), required=True),
+        ],
+        rules=[
+            Rule("week_start_not_monday", pl.col("week_start").dt.weekday() != 1),
+            Rule("share_out_of_range", pl.any_horizontal([(c < 0) | (c > 1) for c in share])),
+            Rule("unknown_product", ~pl.col("product_id").is_in(known_product_ids.implode())),
+            modified_in_future(datetime.now(UTC)),
+        ],
+        unique_key=["week_start", "product_id"],
+        latest_by="modified_at",
+    )
+
+
 def source_ref(*key_columns: str) -> pl.Expr:
     """`<key>@<modified_at>`: one version of one source row."""
     key = pl.concat_str([pl.col(c).fill_null("?") for c in key_columns], separator="/")
@@ -128,6 +156,14 @@ def source_ref(*key_columns: str) -> pl.Expr:
             group_name=keys.LAKE_GROUP,
             kinds={"delta", "polars"},
         ),
+        dg.AssetSpec(
+            keys.PROMOTIONS,
+            deps=[keys.TRANSACTIONS_SOURCE, keys.PRODUCTS],
+            description="The weekly promotion plan: per week and product, the share of stores "
+            "whose mailer features it and the share that display it.",
+            group_name=keys.LAKE_GROUP,
+            kinds={"delta", "polars"},
+        ),
     ],
     pool="transactional_source",
     can_subset=False,
@@ -151,6 +187,14 @@ def extract_transactions(
         keys.ORDER_LINES,
         order_lines_contract(known_products),
         ["order_id", "line_number"],
+    )
+    yield _extract_table(
+        context,
+        transactional_source,
+        lake,
+        keys.PROMOTIONS,
+        promotions_contract(known_products),
+        ["week_start", "product_id"],
     )
 
 
@@ -201,7 +245,8 @@ def latest_modification(loaded: pl.DataFrame) -> str | None:
 def transactions_defs() -> dg.Definitions:
     source = dg.AssetSpec(
         keys.TRANSACTIONS_SOURCE,
-        description="Orders, order lines and the product catalogue in the transactional database.",
+        description="Orders, order lines, the product catalogue and the weekly promotions in the "
+        "transactional database.",
         group_name=keys.SOURCES_GROUP,
         kinds={"azure_sql"},
     )

@@ -72,7 +72,14 @@ def promotion_note(instance: dg.DagsterInstance, promoted: str | None) -> str | 
 
 @dg.asset(
     key=WEEKLY_TOP5,
-    deps=[PROMOTED, keys.PRODUCTS, keys.ORDERS, keys.ORDER_LINES, keys.CUSTOMERS],
+    deps=[
+        PROMOTED,
+        keys.PRODUCTS,
+        keys.ORDERS,
+        keys.ORDER_LINES,
+        keys.PROMOTIONS,
+        keys.CUSTOMERS,
+    ],
     partitions_def=WEEKLY_PARTITIONS,
     group_name=GROUP,
     kinds={"delta", "pytorch"},
