@@ -18,6 +18,7 @@ TABLE_KEYS = {
     "products": "product_id",
     "orders": "order_id",
     "order_lines": "order_id, line_number",
+    "promotions": "week_start, product_id",
 }
 
 
@@ -143,6 +144,7 @@ def test_manifest_counts_what_is_on_disk(tiny: Path):
         "products": len(rows["products"]),
         "orders": len(rows["orders"]),
         "order_lines": len(rows["order_lines"]),
+        "promotions": len(rows["promotions"]),
         "customers": len(crm_contacts(tiny)),
         "product_views": sum(len(v) for v in lines.values()),
         "clickstream_files": len(lines),
@@ -174,6 +176,7 @@ def assert_bad_input_matches_disk(data_dir: Path) -> None:
         orders_without_customer = conn.execute(
             "SELECT count(*) FROM orders WHERE customer_id IS NULL"
         ).fetchone()[0]
+        promotions = conn.execute("SELECT week_start, mailer_share FROM promotions").fetchall()
     contacts = crm_contacts(data_dir)
 
     assert bad_input["order_lines"] == {
@@ -182,6 +185,10 @@ def assert_bad_input_matches_disk(data_dir: Path) -> None:
         "invalid_quantity": sum(isinstance(q, str) for _, q in lines),
     }
     assert bad_input["orders"] == {"missing_customer_id": orders_without_customer}
+    assert bad_input["promotions"] == {
+        "week_start_not_monday": sum(date.fromisoformat(w).weekday() != 0 for w, _ in promotions),
+        "share_out_of_range": sum(not 0 <= share <= 1 for _, share in promotions),
+    }
     assert bad_input["customers"] == {
         "missing_customer_id": sum(c["contoso_customerid"] is None for c in contacts),
         "invalid_birthdate": sum(not is_real_date(c["birthdate"]) for c in contacts),
@@ -308,16 +315,23 @@ def test_completejourney_loads_every_row(completejourney_sources: Path, complete
             table: conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
             for table in TABLE_KEYS
         }
-    assert on_disk == {"products": 92_331, "orders": 155_848, "order_lines": 1_469_307}
+    assert on_disk == {
+        "products": 92_331,
+        "orders": 155_848,
+        "order_lines": 1_469_307,
+        "promotions": 1_184_798,
+    }
     assert on_disk == {
         "products": parquet_rows["products"],
         "orders": baskets,
         "order_lines": parquet_rows["transactions"],
+        "promotions": completejourney.promotion_table(
+            pl.read_parquet(completejourney.promotions_path(completejourney_dir))
+        ).height,
     }
     assert len(crm_contacts(completejourney_sources)) == parquet_rows["demographics"] == 801
     assert manifest["counts"] == {
         **on_disk,
-        "promotions": 1_184_798,
         "customers": 801,
         "product_views": 0,
         "clickstream_files": 0,

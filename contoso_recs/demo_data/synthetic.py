@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,13 @@ PRODUCT_SHARPNESS = 5.0
 CANDIDATES = 16
 ZIPF_EXPONENT = 0.95
 ANONYMOUS_SHARE = 0.15
+WEEK_S = 7 * DAY_S
+# The weekly mailer: the share of the catalogue it features, how much more a customer choosing in
+# a product's category leans to it (times the share of stores featuring it), and how long before
+# its week the plan is written.
+MAILER_PRODUCT_SHARE = 0.02
+MAILER_LIFT = 2.0
+PLAN_LEAD_S = 7 * DAY_S
 PROGRESS_EVERY_S = 5.0
 
 # Seed streams: each part of the world draws from its own generator.
@@ -57,6 +64,7 @@ STREAM_CLICKSTREAM = 5
 STREAM_CRM = 6
 STREAM_IMAGES = 7
 STREAM_BAD_INPUT = 8
+STREAM_PROMOTIONS = 9
 
 CHANNELS = ("store", "web", "app")
 AGE_BANDS = ("19-24", "25-34", "35-44", "45-54", "55-64", "65+")
@@ -228,6 +236,7 @@ BAD_INPUT_REASONS = {
     "orders": ("missing_customer_id",),
     "customers": ("missing_customer_id", "invalid_birthdate"),
     "product_images": ("unreadable_image",),
+    "promotions": ("week_start_not_monday", "share_out_of_range"),
 }
 
 
@@ -251,10 +260,19 @@ class Catalogue:
     price_now: np.ndarray
     price_changed_at: np.ndarray
     categories: tuple[tuple, ...]
+    # The weekly mailer: per product and week (from `first_week_s`, a Monday), the share of stores
+    # whose mailer features the product (0: not in it).
+    mailer: np.ndarray
+    first_week_s: int
 
     def available(self, products: np.ndarray, at: np.ndarray) -> np.ndarray:
         """Whether each product was on sale at the matching time."""
         return (self.introduced_at[products] <= at) & (self.discontinued_at[products] > at)
+
+    def mailer_share(self, products: np.ndarray, at: np.ndarray) -> np.ndarray:
+        """The share of stores whose mailer features each product in the week holding `at`."""
+        week = np.clip((at - self.first_week_s) // WEEK_S, 0, self.mailer.shape[1] - 1)
+        return self.mailer[products, week]
 
     def price_at(self, products: np.ndarray, at: np.ndarray) -> np.ndarray:
         """Unit price of each product at the matching time."""
@@ -429,6 +447,7 @@ def build_catalogue(scale: Scale, seed: int) -> Catalogue:
     price_now = np.where(
         changed, shelf_price(price_before * rng.normal(1.05, 0.08, n)), price_before
     )
+    first_week_s, mailer = weekly_mailer(scale, seed)
     return Catalogue(
         product_ids=FIRST_PRODUCT_ID + rng.permutation(n).astype(np.int64),
         category=category.astype(np.int32),
@@ -446,7 +465,62 @@ def build_catalogue(scale: Scale, seed: int) -> Catalogue:
         price_now=price_now,
         price_changed_at=changed_at,
         categories=categories,
+        mailer=mailer,
+        first_week_s=first_week_s,
     )
+
+
+def weekly_mailer(scale: Scale, seed: int) -> tuple[int, np.ndarray]:
+    """The Monday of the first week of the history, and per product and week the share of stores
+    whose mailer features the product: MAILER_PRODUCT_SHARE of the catalogue each week, from the
+    history's first week to the week after it ends (the week the demo's email is for)."""
+    rng = rng_for(seed, STREAM_PROMOTIONS)
+    start = HISTORY_END_S - scale.history_days * DAY_S
+    monday = datetime(1970, 1, 5, tzinfo=UTC).timestamp()  # a Monday
+    first = int(monday + (start - monday) // WEEK_S * WEEK_S)
+    weeks = (HISTORY_END_S - first) // WEEK_S + 1
+    featured = max(1, round(MAILER_PRODUCT_SHARE * scale.products))
+    mailer = np.zeros((scale.products, weeks), dtype=np.float32)
+    for week in range(weeks):
+        products = rng.choice(scale.products, size=featured, replace=False)
+        mailer[products, week] = np.round(rng.uniform(0.2, 1.0, featured), 3)
+    return first, mailer
+
+
+def promotion_table(catalogue: Catalogue, seed: int) -> pl.DataFrame:
+    """The `promotions` table: a row per week and featured product, with the share of stores
+    whose mailer features it and the share that display it, written a week before the week."""
+    rng = rng_for(seed, STREAM_PROMOTIONS, 1)
+    products, weeks = np.nonzero(catalogue.mailer)
+    week_start = catalogue.first_week_s + weeks.astype(np.int64) * WEEK_S
+    return (
+        pl.DataFrame(
+            {
+                "week_start": week_start,
+                "product_id": catalogue.product_ids[products],
+                "mailer_share": np.round(catalogue.mailer[products, weeks].astype(np.float64), 3),
+                "display_share": np.round(rng.uniform(0.0, 0.6, len(products)), 3),
+                "modified_at": week_start - PLAN_LEAD_S,
+            }
+        )
+        .with_columns(
+            pl.from_epoch("week_start").dt.strftime("%Y-%m-%d"),
+            layout.format_sql_timestamp(pl.col("modified_at")),
+        )
+        .sort("week_start", "product_id")
+    )
+
+
+def plant_bad_promotions(promotions: pl.DataFrame, bad: dict[str, np.ndarray]) -> list[tuple]:
+    """The promotion rows with the planted faults: a week that starts on a Tuesday, a share
+    above 1."""
+    rows = [list(row) for row in promotions.rows()]
+    for i in bad["week_start_not_monday"]:
+        monday = datetime.strptime(rows[i][0], "%Y-%m-%d")
+        rows[i][0] = f"{monday + timedelta(days=1):%Y-%m-%d}"
+    for i in bad["share_out_of_range"]:
+        rows[i][2] = 1.5
+    return [tuple(row) for row in rows]
 
 
 def catalogue_dates(
@@ -732,6 +806,7 @@ def pick_chunk(
 
     affinity = np.einsum("nd,ncd->nc", taste, catalogue.vectors[candidates])
     score = PRODUCT_SHARPNESS * affinity + rng.gumbel(size=affinity.shape)
+    score += MAILER_LIFT * catalogue.mailer_share(candidates, at[:, None])
     on_sale = catalogue.available(candidates, at[:, None])
     best = np.argmax(np.where(on_sale, score, -np.inf), axis=1)
     chosen = candidates[np.arange(len(at)), best]
@@ -931,6 +1006,12 @@ def write_transactions(
     layout.start_bulk_load(conn)
     products = product_table(catalogue, seed)
     layout.insert_rows(conn, "products", layout.PRODUCT_COLUMNS, products.rows())
+    promotions = promotion_table(catalogue, seed)
+    bad = planter.pick_rows(
+        promotions.height, planter.counts("promotions", promotions.height, last_chunk=True)
+    )
+    promotion_rows = plant_bad_promotions(promotions, bad)
+    layout.insert_rows(conn, "promotions", layout.PROMOTION_COLUMNS, promotion_rows)
 
     start = HISTORY_END_S - scale.history_days * DAY_S
     click_start = HISTORY_END_S - scale.clickstream_hours * HOUR_S
@@ -949,7 +1030,13 @@ def write_transactions(
     progress.finish()
     layout.finish_bulk_load(conn)
     conn.close()
-    return {"products": products.height, "orders": n_orders, "order_lines": n_lines}, online
+    counts = {
+        "products": products.height,
+        "orders": n_orders,
+        "order_lines": n_lines,
+        "promotions": promotions.height,
+    }
+    return counts, online
 
 
 def online_orders(chunk: OrderChunk, since: int) -> OrderChunk:
