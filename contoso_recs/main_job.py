@@ -274,7 +274,7 @@ def model_summary(store: ModelStore) -> list[str]:
         "  HR@5 / NDCG@5 on the week after its cutoff: the shipped blend (this model's "
         "candidates with repeat purchases, co-purchases, categories and popularity; task A "
         "ranked by the rule learned on that week, each customer by a rule fit on the others; "
-        "task B by the shipped weights, ALS preference included) "
+        "task B by the shipped weights, ALS preference and the week's mailer included) "
         "beside the model alone and the baselines"
     )
     names = {

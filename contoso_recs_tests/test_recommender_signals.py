@@ -357,3 +357,19 @@ def test_the_mailer_weight_lifts_what_the_weeks_mailer_features():
     without_plan = candidates(scores, bought, CUTOFF, np.array([1]), PRODUCTS)
     assert not without_plan.features["mailer"].any()
     assert recommend(without_plan, replace(by_popularity, mailer_weight=1.0), 1) == {1: [30]}
+
+
+def test_the_mailer_yardsticks_rank_task_b_with_the_mailer_alone_and_without_it():
+    bought = shared_tastes()
+    scores = np.zeros((1, len(PRODUCTS)), dtype=np.float32)
+    with_plan = candidates(scores, bought, CUTOFF, np.array([1]), PRODUCTS, promotions=PLAN)
+    without_plan = candidates(scores, bought, CUTOFF, np.array([1]), PRODUCTS)
+    references = evaluate.mailer_references()
+
+    assert {task for rules in references.values() for task in rules} == {"B"}
+    # popularity puts 30 first; the mailer term of the shipped weights lifts 20 above it
+    assert recommend(with_plan, references["popularity_mailer"]["B"], 2) == {1: [20, 30]}
+    assert recommend(without_plan, references["popularity_mailer"]["B"], 2) == {1: [30, 20]}
+    no_mailer = references["blend_without_mailer"]["B"]
+    assert recommend(with_plan, no_mailer, 2) == recommend(without_plan, no_mailer, 2)
+    assert recommend(with_plan, blend.SHIPPED_BLENDS["B"], 1) == {1: [20]}

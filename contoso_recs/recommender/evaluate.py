@@ -70,7 +70,17 @@ ALS_PARAMETERS = {"A": {"weighting": "bm25", "alpha": 1.0}, "B": {}}
 # the learned rule fit on the weeks before the cutoff; task B: the shipped weights,
 # blend.SHIPPED_BLENDS); `tuned_blend`: a yardstick that never ships, weights tuned on the
 # weeks before the cutoff. Both on the same candidates.
-METHODS = ("popularity", "buy_again", "item_knn", "als", "two_tower", "tuned_blend", "blend")
+METHODS = (
+    "popularity",
+    "buy_again",
+    "item_knn",
+    "als",
+    "two_tower",
+    "popularity_mailer",
+    "blend_without_mailer",
+    "tuned_blend",
+    "blend",
+)
 
 
 @dataclass(frozen=True)
@@ -204,7 +214,27 @@ def blend_rules(
         [(pool, validation.targets("A")) for validation, pool in weeks],
         blend.SHIPPED_BLENDS["A"],
     )
-    return {"tuned_blend": tuned, "blend": shipped_rules(rule)}
+    return {"tuned_blend": tuned, "blend": shipped_rules(rule), **mailer_references()}
+
+
+def mailer_references() -> dict[str, dict[str, blend.Rule]]:
+    """Task B's yardsticks for the week's mailer, on the blend's candidates: what ships without
+    the mailer term (`blend_without_mailer`), and popularity with the mailer term alone, at the
+    shipped weights (`popularity_mailer`): how much of the blend's task-B figure the mailer
+    brings, and how much the customer's own signals add to it."""
+    shipped = blend.SHIPPED_BLENDS["B"]
+    return {
+        "blend_without_mailer": {"B": replace(shipped, mailer_weight=0.0)},
+        "popularity_mailer": {
+            "B": blend.BlendConfig(
+                allow_repeats=False,
+                repeat_weight=0.0,
+                model_weight=0.0,
+                popularity_weight=shipped.popularity_weight,
+                mailer_weight=shipped.mailer_weight,
+            )
+        },
+    }
 
 
 def shipped_rules(rule: blend.Rule | None) -> dict[str, blend.Rule]:
@@ -260,7 +290,8 @@ def evaluate_pool(
             test.owned if task == "B" else None,
         )
         for method, by_task in rules.items():
-            lists[method] = blend.recommend(pool, by_task[task], LIST_LENGTH)
+            if task in by_task:
+                lists[method] = blend.recommend(pool, by_task[task], LIST_LENGTH)
         result[task], result["segments"][task] = {}, {}
         for method in METHODS:
             if method not in lists:

@@ -101,6 +101,9 @@ def _method_notes() -> list[str]:
         "the week being predicted: the plan is written before its week starts, as the weekly "
         "email is. Every other input is from before the cutoff; the baselines and `two_tower` "
         "do not read the plan.",
+        "- `blend_without_mailer` and `popularity_mailer` (task B only): yardsticks for the "
+        "mailer term, on the blend's candidates: what ships without it, and popularity with "
+        "the mailer term alone at the shipped weights.",
         "- `tuned_blend`: a yardstick that never ships: the blend's weights tuned at each "
         f"cutoff on the {VALIDATION_WEEKS} weeks before it, scored by a model trained before "
         "them.",
