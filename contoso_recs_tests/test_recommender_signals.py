@@ -312,15 +312,22 @@ def test_blend_weights_must_be_finite_and_the_pool_must_hold_the_rules_half_life
         BlendConfig(repeat_half_life_days=5.0).scores(pool)
 
 
-def promotion_plan(rows: list[tuple[str, int, float]]) -> pl.DataFrame:
-    """(week's Monday, product, mailer share) rows as the lake's promotions table."""
+def promotion_plan(rows: list[tuple]) -> pl.DataFrame:
+    """(week's Monday, product, mailer share[, written at]) rows as the lake's promotions table;
+    a row is written a week before its week unless said."""
+    weeks = [datetime.fromisoformat(r[0]).replace(tzinfo=UTC) for r in rows]
     return pl.DataFrame(
         {
-            "week_start": [datetime.fromisoformat(r[0]).date() for r in rows],
+            "week_start": [week.date() for week in weeks],
             "product_id": [r[1] for r in rows],
             "mailer_share": [r[2] for r in rows],
             "display_share": [0.0] * len(rows),
-        }
+            "modified_at": [
+                r[3] if len(r) > 3 else week - timedelta(days=7)
+                for r, week in zip(rows, weeks, strict=True)
+            ],
+        },
+        schema_overrides={"modified_at": UTC_US},
     )
 
 
@@ -343,6 +350,16 @@ def test_the_mailer_is_the_plan_of_the_week_holding_the_cutoff_and_no_other(cuto
         0.0, 0.0, 1.0, 0.0
     ]  # fmt: skip
     assert blend.mailer_shares(None, cutoff, PRODUCTS).tolist() == [0.0] * 4
+
+
+def test_a_plan_row_revised_once_its_week_is_under_way_is_not_read():
+    revised = CUTOFF + timedelta(days=3)
+    plan = promotion_plan([("2017-12-04", 20, 0.5), ("2017-12-04", 30, 0.75, revised)])
+
+    assert blend.mailer_shares(plan, CUTOFF, PRODUCTS).tolist() == [0.0, 0.5, 0.0, 0.0]
+    assert blend.mailer_shares(plan, revised + timedelta(seconds=1), PRODUCTS).tolist() == [
+        0.0, 0.5, 0.75, 0.0
+    ]  # fmt: skip
 
 
 def test_the_mailer_weight_lifts_what_the_weeks_mailer_features():

@@ -199,23 +199,26 @@ def test_the_promotion_plan_is_loaded_by_week_and_product_and_bad_rows_quarantin
         PROMOTION_COLUMNS,
         [
             ("2026-11-02", 10, 0.75, 0.0, T0),
-            ("2026-11-02", 11, 0.0, 0.5, T0),
+            ("2026-11-02 00:00:00", 11, 0.0, 0.5, T0),  # a datetime2 column at midnight
             ("2026-11-03", 12, 0.5, 0.0, T0),  # a Tuesday
             ("2026-11-09", 10, 1.5, 0.0, T0),
             ("2026-11-09", 999, 0.5, 0.0, T0),
             ("2026-11-09", 11, "most", 0.0, T0),
+            ("2026-11-09", 12, 0.5, -0.1, T0),
+            ("2026-11-09 09:00:00", 13, 0.5, 0.0, T0),
         ],
     )
 
     first = refresh_lake(data_dir, instance)
 
     promotions = materialization(first, "lake", "promotions")
-    assert (promotions["rows_read"], promotions["rows_loaded"]) == (6, 2)
+    assert (promotions["rows_read"], promotions["rows_loaded"]) == (8, 2)
     assert promotions["quarantined_by_reason"] == {
         "week_start_not_monday": 1,
-        "share_out_of_range": 1,
+        "share_out_of_range": 2,
         "unknown_product": 1,
         "invalid_mailer_share": 1,
+        "invalid_week_start": 1,
     }
     loaded = lake.read("promotions").sort("product_id")
     assert loaded.schema["week_start"] == pl.Date
@@ -225,8 +228,10 @@ def test_the_promotion_plan_is_loaded_by_week_and_product_and_bad_rows_quarantin
     ]
     assert quarantine_reasons(lake, "promotions") == [
         (f"2026-11-03/12@{T0}", "week_start_not_monday"),
+        (f"2026-11-09 09:00:00/13@{T0}", "invalid_week_start"),
         (f"2026-11-09/10@{T0}", "share_out_of_range"),
         (f"2026-11-09/11@{T0}", "invalid_mailer_share"),
+        (f"2026-11-09/12@{T0}", "share_out_of_range"),
         (f"2026-11-09/999@{T0}", "unknown_product"),
     ]
 
@@ -234,5 +239,6 @@ def test_the_promotion_plan_is_loaded_by_week_and_product_and_bad_rows_quarantin
     sources.sql("promotions", PROMOTION_COLUMNS, [("2026-11-02", 10, 0.25, 0.0, T1)])
     refresh_lake(data_dir, instance)
     again = refresh_lake(data_dir, instance)
-    assert materialization(again, "lake", "promotions")["rows_inserted"] == 0
+    rerun = materialization(again, "lake", "promotions")
+    assert (rerun["rows_inserted"], rerun["rows_updated"]) == (0, 0)
     assert lake.read("promotions").sort("product_id")["mailer_share"].to_list() == [0.25, 0.0]

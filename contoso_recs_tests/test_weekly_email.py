@@ -117,6 +117,11 @@ def test_the_week_is_written_after_retraining_and_again_with_the_old_model_if_th
     assert "no model has been promoted before" in metadata["promotion"]
 
     assert metadata["blend"]["ranked_by"] == "weights"
+    plan = local_resources(tiny_lake)["lake"].read("promotions")
+    featured = plan.filter(
+        (pl.col("week_start") == date.fromisoformat(WEEK)) & (pl.col("mailer_share") > 0)
+    )
+    assert metadata["mailer_products"] == featured.height > 0
 
     # On 200 customers the gate's outcome is noise: let this first candidate through, with a
     # learned rule (fewer customers buy in its holdout week than a rule needs by default).

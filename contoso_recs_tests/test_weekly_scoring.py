@@ -8,11 +8,13 @@ import polars as pl
 import pytest
 from polars.testing import assert_frame_equal
 
+from contoso_recs.recommender import evaluate
 from contoso_recs.recommender.blend import SHIPPED_BLENDS, BlendConfig
-from contoso_recs.recommender.data import LakeFrames
+from contoso_recs.recommender.data import LakeFrames, purchases
 from contoso_recs.recommender.train import train
 from contoso_recs.recommender.weekly import (
     BOUGHT_BEFORE,
+    IN_THE_MAILER,
     IN_YOUR_CATEGORIES,
     LIKE_YOU,
     POPULAR_NOW,
@@ -291,3 +293,65 @@ def test_a_term_the_rule_does_not_weigh_never_names_the_reason(lake):
     late = replace(lake, orders=lake.orders.with_columns(pl.col("ordered_at") + timedelta(days=60)))
     rows = weekly_recommendations(late, None, WEEK, SHIPPED_BLENDS["A"], "none")
     assert set(rows["reason"]) == {POPULAR_NOW}
+
+
+def plan_for(week, product: int, share: float) -> pl.DataFrame:
+    """A promotion plan featuring one product in the week from `week`, written a week before."""
+    return pl.DataFrame(
+        {
+            "week_start": [week.date()],
+            "product_id": [product],
+            "mailer_share": [share],
+            "display_share": [0.0],
+            "modified_at": pl.Series([week - timedelta(days=7)], dtype=UTC_US),
+        }
+    )
+
+
+def least_bought(lake: LakeFrames) -> int:
+    """The product on sale fewest customers bought before the week."""
+    counts = bought_before_week(lake).group_by("product_id").len()
+    on_sale = lake.products.filter(~pl.col("discontinued") & pl.col("introduced_at").is_null())
+    return on_sale.join(counts, on="product_id", how="left").sort("len", nulls_last=False)[
+        "product_id"
+    ][0]
+
+
+@pytest.mark.parametrize(("share", "named"), [(0.8, True), (0.3, False)])
+def test_the_weeks_mailer_lifts_a_product_and_names_it_when_most_stores_feature_it(
+    lake, trained, share, named
+):
+    featured = least_bought(lake)
+    by_mailer = BlendConfig(
+        allow_repeats=False, repeat_weight=0.0, model_weight=0.0, popularity_weight=0.01,
+        mailer_weight=10.0,
+    )  # fmt: skip
+    rows = table(replace(lake, promotions=plan_for(WEEK, featured, share)), trained, by_mailer)
+
+    first = rows.filter(pl.col("rank") == 1)
+    not_owning = first.join(
+        bought_before_week(lake).filter(pl.col("product_id") == featured),
+        on="customer_id",
+        how="anti",
+    )
+    assert not_owning.height > 10
+    assert set(not_owning["product_id"]) == {featured}
+    assert (set(not_owning["reason"]) == {IN_THE_MAILER}) is named
+    # the plan of another week changes nothing
+    other_week = replace(lake, promotions=plan_for(WEEK + timedelta(days=7), featured, share))
+    assert_frame_equal(table(other_week, trained, by_mailer), table(lake, trained, by_mailer))
+
+
+def test_the_evaluation_reads_the_mailer_of_the_week_it_judges(lake, trained):
+    held_out = WEEK - timedelta(days=7)
+    featured = least_bought(lake)
+    with_plan = replace(lake, promotions=plan_for(held_out, featured, 0.8))
+    bought = purchases(with_plan)
+    test = evaluate.holdout(with_plan, bought, held_out)
+
+    _, pool = evaluate.model_pool(trained, with_plan, bought, test)
+
+    mailed = pool.features["mailer"] > 0
+    assert mailed.any()
+    assert set(test.index.product_ids[pool.positions[mailed]]) == {featured}
+    assert (pool.features["mailer"][mailed] == np.float32(0.8)).all()

@@ -31,7 +31,7 @@ CRM_TIMESTAMP = "2017-01-01T00:00:00Z"
 CRM_PAGE_SIZE = 500
 SOURCE_FILES = ("transactions.parquet", "products.parquet", "demographics.parquet")
 PROMOTIONS_FILE = "promotions.parquet"
-# The dataset's week 2 starts on Monday 2017-01-02 (its week 1 is the two days before).
+# The dataset's week 2 starts on Monday 2017-01-02 (its week 1 is the day before).
 WEEK_TWO_START = date(2017, 1, 2)
 # A week's promotion plan is taken as written a week before the week starts.
 PLAN_LEAD_DAYS = 7
@@ -76,7 +76,8 @@ def promotions_path(source_dir: Path) -> Path | None:
 
 def promotion_table(promotions: pl.DataFrame) -> pl.DataFrame:
     """The weekly promotion plan: per week (its Monday) and product, the share of the week's
-    promoting stores whose mailer features the product, and the share that display it."""
+    promoting stores (the stores with any promotion that week, about 108 of 112) whose mailer
+    features the product, and the share that display it."""
     placed = pl.col("mailer_location") != "0", pl.col("display_location") != "0"
     week_start = pl.lit(WEEK_TWO_START) + pl.duration(weeks=pl.col("week") - 2)
     return (

@@ -134,11 +134,15 @@ def week_mailer(promotions: pl.DataFrame, cutoff: datetime) -> pl.DataFrame:
     mailer_share, the share of stores whose mailer features the product, for the products in it.
 
     A week's promotion plan is written before the week starts, so this is known at the cutoff
-    even though the week itself is not over; no other week's plan is read.
+    even though the week itself is not over; no other week's plan is read. A row written or
+    revised at or after the cutoff is left out: the lake keeps a row's latest revision only, and
+    one made once the week was under way may already say what happened in it.
     """
     monday = cutoff.date() - timedelta(days=cutoff.weekday())
     return promotions.filter(
-        (pl.col("week_start") == monday) & (pl.col("mailer_share") > 0)
+        (pl.col("week_start") == monday)
+        & (pl.col("mailer_share") > 0)
+        & (pl.col("modified_at") < cutoff)
     ).select("product_id", "mailer_share")
 
 

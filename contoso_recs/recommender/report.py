@@ -130,7 +130,8 @@ def _complete_journey_weeks() -> list[str]:
         "chosen on the week from 2017-12-04: it is free of tuning, though its figures have "
         "been reported after each change. Some validation weeks (from 2017-11-20) come after "
         "2017-11-13, so its figures of the methods ranking with the two-tower model "
-        "(`two_tower`, `blend`, `tuned_blend`) may be optimistic: the second cutoff shows that "
+        "or the mailer weight (`two_tower`, `blend`, `tuned_blend`, `blend_without_mailer`, "
+        "`popularity_mailer`) may be optimistic: the second cutoff shows that "
         "nothing is tuned to one week, not a second holdout free of tuning.",
     ]
 

@@ -70,6 +70,9 @@ LIKE_YOU = "popular_with_customers_like_you"
 IN_YOUR_CATEGORIES = "popular_in_your_categories"
 POPULAR_NOW = "popular_now"
 IN_THE_MAILER = "in_this_weeks_mailer"
+# The mailer names a product's reason only when most stores' mailers feature it, since the
+# customer's own store's may not.
+MAILER_REASON_MIN_SHARE = 0.5
 REASONS = (BOUGHT_BEFORE, SIMILAR, LIKE_YOU, IN_YOUR_CATEGORIES, POPULAR_NOW, IN_THE_MAILER)
 TABLE_SCHEMA = {
     "week": pl.Date,
@@ -273,7 +276,8 @@ class WeeklyScorer:
         customer may be shown, so a term that is large for every candidate (popularity) does
         not claim every product. Co-purchase counts as "similar to your purchases", the trend
         as "popular now", ALS preference as "popular with customers like you", the mailer share
-        as "in this week's mailer".
+        as "in this week's mailer" (only for a product at least MAILER_REASON_MIN_SHARE of the
+        stores' mailers feature).
         """
         terms = {
             name: term
@@ -290,6 +294,9 @@ class WeeklyScorer:
             "like_you": ("als",),
             "mailer": ("mailer",),
         }
+        if "mailer" in terms:  # a product few stores feature is not named for the mailer
+            widely = pool.features["mailer"] >= MAILER_REASON_MIN_SHARE
+            terms["mailer"] = np.where(widely, terms["mailer"], 0.0)
         lifts = []
         for names in groups.values():
             present = [terms[name] for name in names if name in terms]

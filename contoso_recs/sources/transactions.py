@@ -10,7 +10,6 @@ from contoso_recs.lake.conform import (
     Column,
     Contract,
     Rule,
-    as_date,
     as_flag,
     as_float,
     as_int,
@@ -100,17 +99,31 @@ def order_lines_contract(known_product_ids: pl.Series) -> Contract:
     )
 
 
+def as_week_start(raw: pl.Expr) -> pl.Expr:
+    """A date, from a `date` column (2026-11-02) or a midnight `datetime2` (2026-11-02 00:00:00);
+    a time of day other than midnight is not a week's start."""
+    stamp = raw.str.to_datetime(SQL_TIMESTAMP_READ, strict=False, time_unit="us")
+    midnight = stamp.dt.date().cast(pl.Datetime("us")) == stamp
+    return pl.coalesce(
+        raw.str.to_date("%Y-%m-%d", strict=False),
+        pl.when(midnight).then(stamp.dt.date()),
+    )
+
+
 def promotions_contract(known_product_ids: pl.Series) -> Contract:
     """The weekly promotion plan: per week (its Monday) and product, the share of stores whose
     printed and digital mailer features the product, and the share that display it in store.
 
     A week's plan is written before the week starts, so the recommender may use the plan of the
-    week it recommends for.
+    week it recommends for (a row revised once its week is under way is not used for that week).
+    The extract reads changes by `modified_at`: to take a product out of a week's mailer, set its
+    share to 0 rather than deleting the row; a row for a product not yet in the catalogue is
+    quarantined (`unknown_product`) and loads once it is saved again after the product.
     """
     share = pl.col("mailer_share"), pl.col("display_share")
     return Contract(
         columns=[
-            Column("week_start", as_date(), required=True),
+            Column("week_start", as_week_start, required=True),
             Column("product_id", as_int, required=True),
             Column("mailer_share", as_float),
             Column("display_share", as_float),

@@ -96,7 +96,7 @@ def weekly_top5(
 ):
     """The 5 products each customer sees in this week's email, with name, price and picture."""
     from contoso_recs.recommender.blend import SHIPPED_BLENDS
-    from contoso_recs.recommender.data import read_lake
+    from contoso_recs.recommender.data import read_lake, week_mailer
     from contoso_recs.recommender.learned import LearnedRule, UnusableRule
     from contoso_recs.recommender.train import TrainedModel
     from contoso_recs.recommender.weekly import eligible_customers, weekly_recommendations
@@ -138,6 +138,12 @@ def weekly_top5(
                 f"{error}: this week's table is ranked by the shipped weights (evaluating "
                 f"model {version} again refits its rule)"
             )
+    mailer = week_mailer(frames.promotions, week)
+    if blend.mailer_weight and mailer.is_empty():
+        context.log.warning(
+            f"lake/promotions holds no mailer for the week of {context.partition_key}: blend "
+            f"{config.blend} ranks without it (load the week's promotion plan before its table)"
+        )
     context.log.info(
         f"scoring week {context.partition_key} with model {version or NO_MODEL} "
         f"(blend {config.blend}, repeats allowed: {blend.allow_repeats}, ranked by "
@@ -185,6 +191,7 @@ def weekly_top5(
                 }
             ),
             "lake_versions": dg.MetadataValue.json(versions),
+            "mailer_products": dg.MetadataValue.int(mailer.height),
             "promotion": dg.MetadataValue.text(note or f"{version} is the latest candidate"),
         }
     )
