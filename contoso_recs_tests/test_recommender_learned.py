@@ -51,6 +51,7 @@ def pool_of(customers: int, seed: int, first_customer: int = 0) -> Candidates:
             "frequency": signal(2.0, owned_only=True),
             "due": signal(owned_only=True),
             "repeat_rate": signal(owned_only=True),
+            "mailer": np.where(rng.random(shape) < 0.05, rng.uniform(0.2, 1.0, shape), 0.0),
         },
     )
 
