@@ -47,6 +47,25 @@ def task_a(lists, test: evaluate.Holdout) -> str:
     return f"{overall['ndcg@5']:.4f}/{overall['hr@5']:.4f}"
 
 
+def rule_cells(weeks: dict, fitted_on, scored: str, feature_sets) -> list[str]:
+    """Task-A NDCG@5 / HR@5 on week `scored` of the shipped weights, then of a rule fit on
+    `fitted_on` with each of `feature_sets` as `learned.FEATURES`."""
+    test, pool = weeks[scored]
+    explain = SHIPPED_BLENDS["A"]
+    cells = [task_a(recommend(pool, explain, 10), test)]
+    shipped = learned.FEATURES
+    for names in feature_sets:
+        learned.FEATURES = names  # features() and fit() read the module's FEATURES
+        try:
+            rule = learned.fit(
+                [(weeks[w][1], weeks[w][0].targets("A")) for w in fitted_on], explain
+            )
+            cells.append(task_a(recommend(pool, rule, 10), test))
+        finally:
+            learned.FEATURES = shipped
+    return cells
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lake", type=Path, default=Path("data/completejourney/lake"))
@@ -61,21 +80,10 @@ def main() -> None:
         for week in scored:
             test = evaluate.holdout(frames, bought, as_cutoff(week))
             weeks[week] = (test, evaluate.model_pool(trained, frames, bought, test)[1])
-    explain = SHIPPED_BLENDS["A"]
     shipped = learned.FEATURES
     print("NDCG@5 / HR@5: weights, FEATURES, FEATURES + als")  # noqa: T201 (a console report)
     for fitted_on, scored in SETUPS:
-        test, pool = weeks[scored]
-        cells = [task_a(recommend(pool, explain, 10), test)]
-        for names in (shipped, (*shipped, "als")):
-            learned.FEATURES = names  # features() and fit() read the module's FEATURES
-            try:
-                rule = learned.fit(
-                    [(weeks[w][1], weeks[w][0].targets("A")) for w in fitted_on], explain
-                )
-                cells.append(task_a(recommend(pool, rule, 10), test))
-            finally:
-                learned.FEATURES = shipped
+        cells = rule_cells(weeks, fitted_on, scored, (shipped, (*shipped, "als")))
         print(f"fit {'+'.join(fitted_on)}, score {scored}: " + "  ".join(cells), flush=True)  # noqa: T201
 
 

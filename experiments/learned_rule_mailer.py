@@ -22,14 +22,8 @@ The mailer raised NDCG@5 in all five setups (+.0002 to +.0058, mean +.0036) and 
 experiments.learned_rule_weeks.)
 """
 
-from dataclasses import replace
-
-import numpy as np
-
 from contoso_recs.recommender import learned
-from contoso_recs.recommender.blend import SHIPPED_BLENDS, mailer_shares, recommend
-from contoso_recs.recommender.data import as_cutoff, read_lake
-from experiments.learned_rule_als import task_a
+from experiments.learned_rule_als import rule_cells
 from experiments.learned_rule_weeks import scored_weeks
 
 WEEKS = ("2017-10-02", "2017-10-09", "2017-10-16", "2017-10-23", "2017-10-30", "2017-11-06")
@@ -43,30 +37,11 @@ SETUPS = (
 
 
 def main() -> None:
-    args, weeks = scored_weeks(__doc__.splitlines()[0])
-    promotions = read_lake(str(args.lake)).promotions
-    if promotions.is_empty():
-        raise SystemExit(f"{args.lake} has no promotion plan: rebuild it with make evaluate")
-    for week, (test, pool) in list(weeks.items()):
-        shares = mailer_shares(promotions, as_cutoff(week), pool.index)
-        mailer = np.where(pool.positions >= 0, shares[np.maximum(pool.positions, 0)], 0)
-        weeks[week] = (test, replace(pool, features={**pool.features, "mailer": mailer}))
-    explain = SHIPPED_BLENDS["A"]
+    _, weeks = scored_weeks(__doc__.splitlines()[0])
     without = tuple(name for name in learned.FEATURES if name != "mailer")
     print("NDCG@5 / HR@5: weights, rule, rule + mailer")  # noqa: T201 (a console report)
     for fitted_on, scored in SETUPS:
-        test, pool = weeks[scored]
-        cells = [task_a(recommend(pool, explain, 10), test)]
-        shipped = learned.FEATURES
-        for names in (without, (*without, "mailer")):
-            learned.FEATURES = names  # features() and fit() read the module's FEATURES
-            try:
-                rule = learned.fit(
-                    [(weeks[w][1], weeks[w][0].targets("A")) for w in fitted_on], explain
-                )
-                cells.append(task_a(recommend(pool, rule, 10), test))
-            finally:
-                learned.FEATURES = shipped
+        cells = rule_cells(weeks, fitted_on, scored, (without, (*without, "mailer")))
         span = f"{fitted_on[0][5:]}..{fitted_on[-1][5:]}"
         print(f"fit {span}, score {scored[5:]}: " + "  ".join(cells), flush=True)  # noqa: T201
 

@@ -48,12 +48,15 @@ to train at each cutoff of `make evaluate`, for a gain inside a week's noise.
 
 import argparse
 import pickle
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+import polars as pl
 import torch
 
 from contoso_recs.recommender import evaluate, learned
-from contoso_recs.recommender.blend import SHIPPED_BLENDS, recommend
+from contoso_recs.recommender.blend import SHIPPED_BLENDS, mailer_shares, recommend
 from contoso_recs.recommender.data import as_cutoff, purchases, read_lake
 from experiments.als_weight import model_before
 from experiments.learned_rule_als import task_a
@@ -94,11 +97,13 @@ LONGER = (
 def week_pools(lake: Path, models: Path, cache: Path) -> dict:
     """{week: (holdout, candidates)} of every scored week, kept in `cache` once built."""
     scored = {week for weeks in MODELS.values() for week in weeks}
+    frames = read_lake(str(lake))
     if cache.exists():
         kept = pickle.loads(cache.read_bytes())
         if scored <= kept.keys():
-            return kept
-    frames = read_lake(str(lake))
+            return {
+                week: with_mailer(week_pool, frames.promotions) for week, week_pool in kept.items()
+            }
     bought = purchases(frames)
     weeks = {}
     for model_cutoff, scored in MODELS.items():
@@ -110,6 +115,16 @@ def week_pools(lake: Path, models: Path, cache: Path) -> dict:
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_bytes(pickle.dumps(weeks))
     return weeks
+
+
+def with_mailer(week_pool: tuple, promotions: pl.DataFrame) -> tuple:
+    """A (holdout, candidates) kept before the pools carried the week's mailer, with it."""
+    test, pool = week_pool
+    if "mailer" in pool.features:
+        return week_pool
+    shares = mailer_shares(promotions, test.cutoff, pool.index)
+    mailer = np.where(pool.positions >= 0, shares[np.maximum(pool.positions, 0)], 0.0)
+    return test, replace(pool, features={**pool.features, "mailer": mailer.astype(np.float32)})
 
 
 def scored_weeks(description: str) -> tuple[argparse.Namespace, dict]:

@@ -19,15 +19,11 @@ of stores.
 """
 
 from dataclasses import replace
-from datetime import datetime
 
-import numpy as np
-
-from contoso_recs.recommender.blend import SHIPPED_BLENDS, mailer_shares
-from contoso_recs.recommender.data import as_cutoff, read_lake
-from contoso_recs.recommender.metrics import hit_rate, ndcg
+from contoso_recs.recommender.blend import SHIPPED_BLENDS, recommend
+from contoso_recs.recommender.data import read_lake
 from experiments.learned_rule_weeks import scored_weeks
-from experiments.task_b_category_cap import capped_lists
+from experiments.task_b_category_cap import print_weeks, task_b_figures
 
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 1.0)
 
@@ -37,40 +33,11 @@ def main() -> None:
     promotions = read_lake(str(args.lake)).promotions
     if promotions.is_empty():
         raise SystemExit(f"{args.lake} has no promotion plan: rebuild it with make evaluate")
-    figures = []
+    figures = {}
     for week, (test, pool) in sorted(weeks.items()):
-        cutoff: datetime = as_cutoff(week)
-        shares = mailer_shares(promotions, cutoff, pool.index)
-        pool = replace(
-            pool,
-            features={
-                **pool.features,
-                "mailer": np.where(pool.positions >= 0, shares[np.maximum(pool.positions, 0)], 0),
-            },
-        )
-        targets = test.targets("B")
-        row = []
-        for weight in WEIGHTS:
-            rule = replace(SHIPPED_BLENDS["B"], mailer_weight=weight)
-            lists = capped_lists(pool, rule.scores(pool), {}, 5)
-            pairs = [(lists.get(customer, []), bought) for customer, bought in targets.items()]
-            row.append(
-                (
-                    float(np.mean([hit_rate(shown, bought) for shown, bought in pairs])),
-                    float(np.mean([ndcg(shown, bought) for shown, bought in pairs])),
-                    len({product for shown, _ in pairs for product in shown}),
-                )
-            )
-        figures.append(row)
-        cells = "  ".join(
-            f"w {w}: {h:.4f} / {n:.4f} / {d}" for w, (h, n, d) in zip(WEIGHTS, row, strict=True)
-        )
-        print(f"{week}  {cells}", flush=True)  # noqa: T201 (a console report)
-    mean = np.mean(np.asarray(figures, dtype=float), axis=0)
-    cells = "  ".join(
-        f"w {w}: {h:.4f} / {n:.4f}" for w, (h, n, _) in zip(WEIGHTS, mean, strict=True)
-    )
-    print(f"mean        {cells}")  # noqa: T201
+        rules = [replace(SHIPPED_BLENDS["B"], mailer_weight=weight) for weight in WEIGHTS]
+        figures[week] = [task_b_figures(recommend(pool, r, 5), test.targets("B")) for r in rules]
+    print_weeks([f"w {weight}" for weight in WEIGHTS], figures)
 
 
 if __name__ == "__main__":
