@@ -390,3 +390,33 @@ def test_the_mailer_yardsticks_rank_task_b_with_the_mailer_alone_and_without_it(
     no_mailer = references["blend_without_mailer"]["B"]
     assert recommend(with_plan, no_mailer, 2) == recommend(without_plan, no_mailer, 2)
     assert recommend(with_plan, blend.SHIPPED_BLENDS["B"], 1) == {1: [20]}
+
+
+def test_a_category_limit_skips_a_candidate_once_its_category_has_enough_better_ones():
+    score = np.array([[9.0, 8.0, 7.0, 6.0, 5.0, -np.inf], [9.0, 8.0, -np.inf, 7.0, 1.0, 2.0]])
+    codes = np.array([[1, 1, 2, 0, 0, 3], [4, 4, 5, 4, 4, 4]])
+
+    slots, shown = blend.capped_positions(score, codes, 4, cap=1)
+    # row 0: one of category 1, then 2, then the uncategorised ones, never limited
+    assert slots[0].tolist() == [0, 2, 3, 4] and shown[0].all()
+    # row 1: one of category 4; category 5 cannot be shown (-inf): two slots left empty
+    assert slots[1, :1].tolist() == [0] and shown[1].tolist() == [True, False, False, False]
+
+    slots, shown = blend.capped_positions(score, codes, 4, cap=2)
+    assert slots[0].tolist() == [0, 1, 2, 3]
+    assert slots[1, :2].tolist() == [0, 1] and shown[1].tolist() == [True, True, False, False]
+
+
+def test_the_shipped_task_b_lists_hold_one_product_of_a_category():
+    assert blend.SHIPPED_BLENDS["B"].max_per_category == 1
+    assert blend.SHIPPED_BLENDS["A"].max_per_category == 0
+    with pytest.raises(ValueError, match="max_per_category"):
+        BlendConfig(max_per_category=-1)
+    bought = shared_tastes()
+    scores = np.zeros((1, len(PRODUCTS)), dtype=np.float32)
+    categories = np.array([0, 1, 1, 1])  # 20, 30 and 40 share a category
+    pool = candidates(scores, bought, CUTOFF, np.array([1]), PRODUCTS, categories)
+    rule = BlendConfig(allow_repeats=False, model_weight=0.0, popularity_weight=0.01)
+
+    assert recommend(pool, rule, 3) == {1: [30, 20, 40]}
+    assert recommend(pool, replace(rule, max_per_category=1), 3) == {1: [30]}

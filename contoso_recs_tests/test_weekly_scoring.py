@@ -355,3 +355,34 @@ def test_the_evaluation_reads_the_mailer_of_the_week_it_judges(lake, trained):
     assert mailed.any()
     assert set(test.index.product_ids[pool.positions[mailed]]) == {featured}
     assert (pool.features["mailer"][mailed] == np.float32(0.8)).all()
+
+
+@pytest.mark.parametrize("k", [2, 3, 5])
+def test_task_b_lists_show_as_many_categories_as_the_customer_may_be_shown(lake, trained, k):
+    category = lake.products.select("product_id", "category")
+    on_sale = lake.products.filter(~pl.col("discontinued") & pl.col("introduced_at").is_null())
+    showable = (
+        pl.DataFrame({"customer_id": eligible_customers(lake, WEEK)})
+        .join(on_sale.select("product_id"), how="cross")
+        .join(bought_before_week(lake), on=["customer_id", "product_id"], how="anti")
+        .join(category, on="product_id")
+        .group_by("customer_id")
+        .agg(pl.col("category").n_unique().alias("may_be_shown"))
+    )
+
+    def categories_shown(blend: BlendConfig) -> pl.DataFrame:
+        rows = weekly_recommendations(lake, trained, WEEK, blend, "v1", k=k)
+        return (
+            rows.join(category, on="product_id")
+            .group_by("customer_id")
+            .agg(pl.col("category").n_unique().alias("shown"))
+            .join(showable, on="customer_id")
+            .with_columns(most=pl.col("may_be_shown").clip(upper_bound=k))
+        )
+
+    limited = categories_shown(SHIPPED_BLENDS["B"])  # at most one product of a category
+    assert limited.height > 10
+    assert (limited["shown"] == limited["most"]).all()
+    unlimited = categories_shown(replace(SHIPPED_BLENDS["B"], max_per_category=0))
+    if k < 5:  # with room for fewer than every category, the best products repeat one
+        assert (unlimited["shown"] < unlimited["most"]).any()

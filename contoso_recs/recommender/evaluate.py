@@ -220,8 +220,8 @@ def blend_rules(
 def mailer_references() -> dict[str, dict[str, blend.Rule]]:
     """Task B's yardsticks for the week's mailer, on the blend's candidates: what ships without
     the mailer term (`blend_without_mailer`), and popularity with the mailer term alone, at the
-    shipped weights (`popularity_mailer`): how much of the blend's task-B figure the mailer
-    brings, and how much the customer's own signals add to it."""
+    shipped weights and category limit (`popularity_mailer`): how much of the blend's task-B
+    figure the mailer brings, and how much the customer's own signals add to it."""
     shipped = blend.SHIPPED_BLENDS["B"]
     return {
         "blend_without_mailer": {"B": replace(shipped, mailer_weight=0.0)},
@@ -232,6 +232,7 @@ def mailer_references() -> dict[str, dict[str, blend.Rule]]:
                 model_weight=0.0,
                 popularity_weight=shipped.popularity_weight,
                 mailer_weight=shipped.mailer_weight,
+                max_per_category=shipped.max_per_category,
             )
         },
     }

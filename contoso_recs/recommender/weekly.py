@@ -26,6 +26,7 @@ them buy, by ALS preference; without a purchase history, from the profile throug
 mailer, by the promotion plan).
 """
 
+import collections
 import logging
 import warnings
 from dataclasses import dataclass, replace
@@ -40,6 +41,7 @@ from contoso_recs.recommender.blend import (
     BlendConfig,
     Rule,
     Signals,
+    best_slots,
     contributions,
     term_weight,
 )
@@ -53,7 +55,7 @@ from contoso_recs.recommender.data import (
 from contoso_recs.recommender.encoding import HISTORY_DAYS, product_positions
 from contoso_recs.recommender.evaluate import category_codes
 from contoso_recs.recommender.learned import FEATURES, HALF_LIVES, LearnedRule
-from contoso_recs.recommender.ranking import ProductIndex, best_positions
+from contoso_recs.recommender.ranking import ProductIndex
 from contoso_recs.recommender.train import TrainedModel
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,9 @@ CHUNK_CUSTOMERS = 10_000
 # Customers per gather of product vectors when scoring a batch's candidates (a customer's
 # favourite categories can hold thousands of products).
 SCORE_ROWS = 128
+# Under a category limit, the top-up looks through this many best sellers per empty slot before
+# the whole list.
+TOP_UP_LOOK = 20
 BOUGHT_BEFORE = "bought_before"
 SIMILAR = "similar_to_your_purchases"
 LIKE_YOU = "popular_with_customers_like_you"
@@ -250,9 +255,9 @@ class WeeklyScorer:
 
         pool = self.signals.pool(rows, model_top, model_score)
         scores = self.config.scores(pool)
-        slots = best_positions(scores, self.k)
+        slots, shown = best_slots(pool, self.config, scores, self.k)
         chosen = np.take_along_axis(pool.positions, slots, axis=1)
-        chosen_scores = np.take_along_axis(scores, slots, axis=1)
+        chosen_scores = np.where(shown, np.take_along_axis(scores, slots, axis=1), -np.inf)
         reasons = self._reasons(pool, slots, has_history=np.diff(owned.indptr) > 0)
         short = ~np.isfinite(chosen_scores)
         if short.any():
@@ -337,15 +342,24 @@ class WeeklyScorer:
         short: np.ndarray,
         owned,
     ) -> None:
-        """Fill the empty slots of a row with the week's best sellers it may be shown."""
+        """Fill the empty slots of a row with the week's best sellers it may be shown (under a
+        category limit, those of categories the row does not hold enough of first)."""
         popularity_term = self.weights.popularity_weight * np.log1p(self.signals.popularity)
+        cap = getattr(self.config, "max_per_category", 0)
         for row in np.flatnonzero(short.any(axis=1)):
-            taken = set(chosen[row, ~short[row]].tolist())
+            shown = chosen[row, ~short[row]].tolist()
+            taken = set(shown)
             if not self.config.allow_repeats:
                 taken |= set(owned.indices[owned.indptr[row] : owned.indptr[row + 1]].tolist())
-            fill = [p for p in self.best_sellers[: len(taken) + self.k] if p not in taken]
-            if len(fill) < short[row].sum():
+            wanted = int(short[row].sum())
+            look = len(taken) + (TOP_UP_LOOK * self.k if cap else self.k)
+            fill = [p for p in self.best_sellers[:look] if p not in taken]
+            if cap:
+                fill = self._categories_first(shown, fill, wanted, cap)
+            if len(fill) < wanted or (cap and not self._within_cap(shown, fill, cap)):
                 fill = [p for p in self.best_sellers if p not in taken]
+                if cap:
+                    fill = self._categories_first(shown, fill, wanted, cap)
             for slot, position in zip(np.flatnonzero(short[row]), fill, strict=False):
                 chosen[row, slot] = position
                 chosen_scores[row, slot] = popularity_term[position]
@@ -355,6 +369,28 @@ class WeeklyScorer:
                     f"fewer than {self.k} products may be shown to a customer: the catalogue "
                     "on sale is too small for the repurchase policy"
                 )
+
+    def _within_cap(self, shown: list[int], fill: list[int], cap: int) -> bool:
+        """Whether `shown` and `fill` together hold at most `cap` of each category."""
+        held = collections.Counter(self.signals.categories[[*shown, *fill]].tolist())
+        return all(n <= cap for code, n in held.items() if code != 0)
+
+    def _categories_first(self, shown: list[int], fill: list[int], n: int, cap: int) -> list[int]:
+        """The first `n` of `fill`, taking a product of a category `shown` holds `cap` of
+        (with those taken before it) only when too few others are left."""
+        codes = self.signals.categories
+        held = collections.Counter(codes[shown].tolist())
+        within, beyond = [], []
+        for position in fill:
+            code = int(codes[position])
+            if code == 0 or held[code] < cap:
+                within.append(position)
+                held[code] += 1
+                if len(within) == n:
+                    break
+            else:
+                beyond.append(position)
+        return (within + beyond)[:n]
 
 
 def weekly_recommendations(
