@@ -1,5 +1,5 @@
-"""At most N products of one category in a task-B top 5: measured on validation weeks, not
-taken. Not run by the product.
+"""At most N products of one category in a task-B top 5: the measurement behind
+`max_per_category` in `blend.SHIPPED_BLENDS["B"]`. Not run by the product.
 
     python -m experiments.task_b_category_cap --lake data/completejourney/lake
 
@@ -16,8 +16,9 @@ from 10-16 alone it looked like +.0023. Distinct products shown moved from about
 
 Measured again (2026-12-05) once the shipped weights read the week's mailer, cap 5 / 2 / 1: mean
 HR@5 .0970 / .0986 / .1018, NDCG@5 .0244 / .0246 / .0253. One a category now raised HR@5 in six
-weeks of eight (+.0039 to +.0082; 11-20 -.0023, 11-27 unchanged). Not yet taken: the weekly
-table, its top-up and the evaluation would all have to fill lists this way.
+weeks of eight (+.0039 to +.0082; 11-20 -.0023, 11-27 unchanged). Taken at 1: the blend's
+`max_per_category`, which fills lists from the 50 best candidates and scores the same on these
+weeks (.1018 / .0253).
 """
 
 import numpy as np
