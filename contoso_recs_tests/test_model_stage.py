@@ -425,3 +425,8 @@ def test_a_candidate_config_with_no_epoch_or_thread_is_refused():
         with pytest.raises(ValueError, match="greater than or equal to 1"):
             assets.CandidateConfig(**wrong)
     assert assets.CandidateConfig(epochs=1, threads=1).epochs == 1
+
+
+def test_the_candidate_trains_as_many_epochs_as_the_model_defaults_to():
+    """The asset keeps the number apart from the model code (no torch at load): they must agree."""
+    assert assets.CandidateConfig().epochs == TwoTowerConfig().epochs

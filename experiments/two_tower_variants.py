@@ -6,7 +6,8 @@ measurement behind the comment on `TwoTowerConfig.temperature`. Not run by the p
 
 Weeks 2017-10-30 and 11-06 are scored by a model trained before 10-30, 11-20 and 11-27 by one
 trained before 11-20 (the default models are those of experiments.als_weight, shared). Mean
-task-A and task-B NDCG@5 / HR@5 over the four weeks, then each week's NDCG@5.
+task-A and task-B NDCG@5 / HR@5 over the four weeks, then each week's NDCG@5; first the
+reference the model alone must beat, ALS (its task-B parameters for task B) on the same weeks.
 """
 
 import argparse
@@ -48,11 +49,32 @@ def model_alone(trained: TrainedModel, frames, bought, test) -> dict[str, tuple[
     for task in ("A", "B"):
         exclude = test.owned if task == "B" else None
         lists = top_k_lists(lambda rows: scores[rows], test.customer_ids, test.index, 10, exclude)
-        overall, _ = evaluate_task(
-            lists, test.targets(task), test.bought_before, test.segments, len(test.index)
-        )
-        figures[task] = (overall["ndcg@5"], overall["hr@5"])
+        figures[task] = ndcg_hr(lists, test, task)
     return figures
+
+
+def als_alone(bought, test) -> dict[str, tuple[float, float]]:
+    """The ALS baseline's figures per task, as `make evaluate` computes them."""
+    return {
+        task: ndcg_hr(evaluate.baseline_lists(bought, test, task)["als"], test, task)
+        for task in ("A", "B")
+    }
+
+
+def ndcg_hr(lists: dict, test, task: str) -> tuple[float, float]:
+    overall, _ = evaluate_task(
+        lists, test.targets(task), test.bought_before, test.segments, len(test.index)
+    )
+    return overall["ndcg@5"], overall["hr@5"]
+
+
+def print_row(name: str, cells: dict[str, list[tuple[float, float]]]) -> None:
+    report = "  ".join(
+        f"{task} {np.mean([n for n, _ in c]):.4f} / {np.mean([h for _, h in c]):.4f} "
+        f"({' '.join(f'{n:.4f}' for n, _ in c)})"
+        for task, c in cells.items()
+    )
+    print(f"{name:<24} {report}", flush=True)  # noqa: T201 (a console report)
 
 
 def main() -> None:
@@ -66,6 +88,11 @@ def main() -> None:
     bought = purchases(frames)
     weeks = [w for scored in MODELS.values() for w in scored]
     tests = {week: evaluate.holdout(frames, bought, as_cutoff(week)) for week in weeks}
+    reference: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+    for week in weeks:
+        for task, figures in als_alone(bought, tests[week]).items():
+            reference[task].append(figures)
+    print_row("als (the reference)", reference)
     for name, config in [("default", TwoTowerConfig()), *args.variants]:
         cells: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
         for model_cutoff, scored in MODELS.items():
@@ -77,12 +104,7 @@ def main() -> None:
             for week in scored:
                 for task, figures in model_alone(trained, frames, bought, tests[week]).items():
                     cells[task].append(figures)
-        report = "  ".join(
-            f"{task} {np.mean([n for n, _ in c]):.4f} / {np.mean([h for _, h in c]):.4f} "
-            f"({' '.join(f'{n:.4f}' for n, _ in c)})"
-            for task, c in cells.items()
-        )
-        print(f"{name:<24} {report}", flush=True)  # noqa: T201 (a console report)
+        print_row(name, cells)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ class CandidateConfig(dg.Config):
 
     cutoff: str | None = None
     """YYYY-MM-DD; by default the last 7 days of orders are held out for the evaluation."""
-    epochs: int = Field(default=4, ge=1)
+    # TwoTowerConfig.epochs, kept here as a number so the code location loads without torch
+    epochs: int = Field(default=8, ge=1)
     seed: int = 7
     threads: int | None = Field(default=None, ge=1)
 
