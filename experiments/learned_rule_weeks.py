@@ -7,7 +7,9 @@ Validation weeks of The Complete Journey only, none of them a test week of `make
 2017-10-02 and 10-09 scored by a model trained before 10-02, 10-16 and 10-23 by one trained
 before 10-16, 10-30 and 11-06 by one trained
 before 10-30, 11-20 and 11-27 by one trained before 11-20 (models kept under --models, shared
-with experiments.als_weight), the candidates built as `make evaluate` builds them. Each setup
+with experiments.als_weight), the candidates built as `make evaluate` builds them. The figures
+here and in the experiments that share these pools were measured with models of 4 epochs, kept
+from before 8 became the default; a fresh folder trains 8. Each setup
 fits the rule on some weeks and scores a later one; task-A NDCG@5 / HR@5 of the shipped
 weights and of the rule.
 

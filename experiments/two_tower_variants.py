@@ -5,7 +5,8 @@ measurement behind the comment on `TwoTowerConfig.temperature`. Not run by the p
         temperature=0.1 half_life_days=90
 
 Weeks 2017-10-30 and 11-06 are scored by a model trained before 10-30, 11-20 and 11-27 by one
-trained before 11-20 (the default models are those of experiments.als_weight, shared). Mean
+trained before 11-20 (the default models are those of experiments.als_weight, shared, trained
+with 4 epochs before 8 became the default; each row says how many epochs its models had). Mean
 task-A and task-B NDCG@5 / HR@5 over the four weeks, then each week's NDCG@5; first the
 reference the model alone must beat, ALS (its task-B parameters for task B) on the same weeks.
 """
@@ -95,16 +96,19 @@ def main() -> None:
     print_row("als (the reference)", reference)
     for name, config in [("default", TwoTowerConfig()), *args.variants]:
         cells: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
+        epochs = set()
         for model_cutoff, scored in MODELS.items():
             kept = "als_weight" if name == "default" else f"two_tower_{name}"
             folder = args.models / kept / model_cutoff
             if not (folder / "model.pt").exists():
                 train(frames, as_cutoff(model_cutoff), config).save(folder)
             trained = TrainedModel.load(folder, "cpu")
+            epochs.add(trained.config.epochs)
             for week in scored:
                 for task, figures in model_alone(trained, frames, bought, tests[week]).items():
                     cells[task].append(figures)
-        print_row(name, cells)
+        # the kept default models may predate today's default number of epochs
+        print_row(f"{name} ({'/'.join(map(str, sorted(epochs)))} epochs)", cells)
 
 
 if __name__ == "__main__":
