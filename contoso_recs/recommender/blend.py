@@ -190,8 +190,9 @@ SHIPPED_BLENDS = {
     # At most one product of a category (`python -m experiments.task_b_category_cap`): on the
     # same eight weeks, with the mailer term, mean HR@5 .0970 to .1018, NDCG@5 .0244 to .0253,
     # up in six weeks (11-20 -.0023, 11-27 unchanged). On the two test weeks of `make evaluate`
-    # it then scored lower (HR@5 .0877 to .0822 at 2017-12-04, .0968 to .0944 at 11-13); over
-    # all ten weeks it is +.003 on average, inside a week's noise (about ±.015), and kept.
+    # it then scored lower with the models of 4 epochs (HR@5 .0877 to .0822 at 2017-12-04,
+    # .0968 to .0944 at 11-13); over all ten weeks it is +.003 on average, inside a week's
+    # noise (about ±.015), and kept.
     "B": BlendConfig(
         allow_repeats=False,
         popularity_weight=0.02,
