@@ -56,11 +56,11 @@ class TwoTowerConfig:
     # uniform negatives below, 1.25 was the best for task B of 1, 1.25 and 1.5 (see there).
     logq_weight: float = 1.25
     # Share of the products a customer had bought before kept as training targets. On the same
-    # four validation weeks (`python -m experiments.two_tower_variants repeat_target_share=0.5
-    # repeat_target_share=0.25`, 2026-12-05) the model alone went from NDCG@5 / HR@5 .2116 /
-    # .5556 (task A) and .0174 / .0686 (task B) to .1843 / .5169 and .0181 / .0735 with 0.5,
-    # .1706 / .4854 and .0172 / .0708 with 0.25, while ALS (task B) scored .0193 / .0801 there:
-    # task B gains far less than task A loses, and stays below ALS.
+    # four validation weeks, with 4 epochs (`python -m experiments.two_tower_variants
+    # repeat_target_share=0.5 repeat_target_share=0.25`, 2026-12-05) the model alone went from
+    # NDCG@5 / HR@5 .2116 / .5556 (task A) and .0174 / .0686 (task B) to .1843 / .5169 and
+    # .0181 / .0735 with 0.5, .1706 / .4854 and .0172 / .0708 with 0.25, while ALS (task B)
+    # scored .0193 / .0801 there: task B gains far less than task A loses, and stays below ALS.
     repeat_target_share: float = 1.0
     # The customer's pooled history: what a purchase weighs ("orders": 1 for each order holding
     # the product, "quantity" of the line capped at 10, or "amount") and how many seconds of
