@@ -15,6 +15,7 @@ from contoso_recs.recommender.encoding import build_vocabulary
 from contoso_recs.recommender.train import (
     TrainedModel,
     candidate_log_q,
+    learning_rate_share,
     parse_args,
     snapshot_batches,
     train,
@@ -175,6 +176,29 @@ def test_epoch_callback_gets_epoch_loss_and_speed():
     assert [c[0] for c in calls] == [1, 2]
     assert [c[1] for c in calls] == trained.metrics["epoch_loss"]
     assert all(c[2] > 0 for c in calls)
+
+
+def test_the_learning_rate_share_falls_linearly_from_one_to_the_final_share():
+    assert [learning_rate_share(e, 3, 0.1) for e in (1, 2, 3)] == pytest.approx([1.0, 0.55, 0.1])
+    assert [learning_rate_share(e, 4, 1.0) for e in (1, 2, 3, 4)] == [1.0] * 4
+    assert learning_rate_share(1, 1, 0.1) == 1.0  # a single epoch trains at the full rate
+
+
+def test_every_epoch_trains_at_its_share_of_both_learning_rates(monkeypatch):
+    seen: dict[str, list[float]] = {"dense": [], "sparse": []}
+    for name, optimizer in (("dense", torch.optim.Adam), ("sparse", torch.optim.SparseAdam)):
+        real_step = optimizer.step
+
+        def recording_step(self, *args, _name=name, _real=real_step, **kwargs):
+            seen[_name].append(self.param_groups[0]["lr"])
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(optimizer, "step", recording_step)
+    config = replace(TINY, epochs=3, final_lr_share=0.1)
+    train(synthetic_lake(), CUTOFF, config)
+    for name, lr in (("dense", config.dense_lr), ("sparse", config.sparse_lr)):
+        distinct = list(dict.fromkeys(seen[name]))
+        assert distinct == pytest.approx([lr, 0.55 * lr, 0.1 * lr])
 
 
 def test_model_bundle_round_trips(tmp_path):

@@ -2,7 +2,7 @@
 measurement behind the comment on `TwoTowerConfig.temperature`. Not run by the product.
 
     python -m experiments.two_tower_variants --lake data/completejourney/lake \
-        temperature=0.1 half_life_days=90
+        temperature=0.1 half_life_days=90 final_lr_share=0.1,temperature=0.035
 
 Weeks 2017-10-30 and 11-06 are scored by a model trained before 10-30, 11-20 and 11-27 by one
 trained before 11-20 (the default models are those of experiments.als_weight, shared, trained
@@ -29,11 +29,14 @@ MODELS = {"2017-10-30": ("2017-10-30", "2017-11-06"), "2017-11-20": ("2017-11-20
 
 
 def variant(text: str) -> tuple[str, TwoTowerConfig]:
-    """`name=value` of a TwoTowerConfig field, as a named config."""
-    name, value = text.split("=", 1)
-    default = getattr(TwoTowerConfig(), name)
-    cast = (lambda v: v == "true") if isinstance(default, bool) else type(default)
-    return text, replace(TwoTowerConfig(), **{name: cast(value)})
+    """`name=value` of TwoTowerConfig fields (several joined by commas), as a named config."""
+    changes = {}
+    for setting in text.split(","):
+        name, value = setting.split("=", 1)
+        default = getattr(TwoTowerConfig(), name)
+        cast = (lambda v: v == "true") if isinstance(default, bool) else type(default)
+        changes[name] = cast(value)
+    return text, replace(TwoTowerConfig(), **changes)
 
 
 def model_alone(trained: TrainedModel, frames, bought, test) -> dict[str, tuple[float, float]]:

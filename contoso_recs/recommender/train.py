@@ -298,6 +298,10 @@ def fit(
     losses, speeds = [], []
     model.train()
     for epoch in range(1, config.epochs + 1):
+        share = learning_rate_share(epoch, config.epochs, config.final_lr_share)
+        for optimizer, lr in ((sparse_opt, config.sparse_lr), (dense_opt, config.dense_lr)):
+            for group in optimizer.param_groups:
+                group["lr"] = lr * share
         started = time.perf_counter()
         total, batches = 0.0, 0
         for chosen, rows, owner in snapshot_batches(examples.snapshot, config.batch_size, rng):
@@ -340,6 +344,14 @@ def fit(
         if on_epoch is not None:
             on_epoch(epoch, losses[-1], speeds[-1])
     return losses, speeds
+
+
+def learning_rate_share(epoch: int, epochs: int, final_share: float) -> float:
+    """Share of the configured learning rate in `epoch` (1..epochs): 1 in the first, falling
+    linearly to `final_share` in the last."""
+    if epochs <= 1:
+        return 1.0
+    return 1.0 - (1.0 - final_share) * (epoch - 1) / (epochs - 1)
 
 
 def snapshot_batches(snapshot: np.ndarray, batch_size: int, rng: np.random.Generator):

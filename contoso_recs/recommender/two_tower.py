@@ -52,6 +52,9 @@ class TwoTowerConfig:
     epochs: int = 8
     sparse_lr: float = 0.02
     dense_lr: float = 0.003
+    # The learning rates fall linearly, epoch by epoch, to this share of themselves in the
+    # last epoch (1: constant).
+    final_lr_share: float = 1.0
     logq_correction: bool = True
     # How much of the log sampling frequency to subtract (1: the unbiased correction; above 1
     # leans the model towards products many customers buy). Alone, 1.5 raised task B but lowered
