@@ -250,6 +250,18 @@ def test_a_bundle_saved_before_logq_weight_existed_loads_as_trained_with_the_pla
     assert TrainedModel.load(tmp_path, device="cpu").config.logq_weight == 1.0
 
 
+def test_a_bundle_saved_before_final_lr_share_existed_loads_as_trained_at_constant_rates(
+    tmp_path,
+):
+    trained = train(synthetic_lake(), CUTOFF, replace(TINY, epochs=1))
+    trained.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["final_lr_share"] == TwoTowerConfig().final_lr_share != 1.0
+    del config["final_lr_share"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert TrainedModel.load(tmp_path, device="cpu").config.final_lr_share == 1.0
+
+
 def test_the_online_evaluation_reuses_its_cached_model_only_with_the_same_settings(
     tmp_path, monkeypatch
 ):

@@ -5,8 +5,10 @@ measurement behind the comment on `TwoTowerConfig.temperature`. Not run by the p
         temperature=0.1 half_life_days=90 final_lr_share=0.1,temperature=0.035
 
 Weeks 2017-10-30 and 11-06 are scored by a model trained before 10-30, 11-20 and 11-27 by one
-trained before 11-20 (the default models are those of experiments.als_weight, shared, trained
-with 4 epochs before 8 became the default; each row says how many epochs its models had). Mean
+trained before 11-20. Models are kept and reused by name (the default's are those of
+experiments.als_weight, shared, trained with 4 epochs and constant learning rates before 8 epochs
+and falling rates became the default); a row whose kept models were trained with other settings
+than its name asks for today names them (`as trained: ...`). Mean
 task-A and task-B NDCG@5 / HR@5 over the four weeks, then each week's NDCG@5; first the
 reference the model alone must beat, ALS (its task-B parameters for task B) on the same weeks.
 """
@@ -99,19 +101,23 @@ def main() -> None:
     print_row("als (the reference)", reference)
     for name, config in [("default", TwoTowerConfig()), *args.variants]:
         cells: dict[str, list[tuple[float, float]]] = {"A": [], "B": []}
-        epochs = set()
+        differences: set[str] = set()
         for model_cutoff, scored in MODELS.items():
             kept = "als_weight" if name == "default" else f"two_tower_{name}"
             folder = args.models / kept / model_cutoff
             if not (folder / "model.pt").exists():
                 train(frames, as_cutoff(model_cutoff), config).save(folder)
             trained = TrainedModel.load(folder, "cpu")
-            epochs.add(trained.config.epochs)
+            differences |= {
+                f"{k}={v}" for k, v in trained.config.to_json().items() if getattr(config, k) != v
+            }
             for week in scored:
                 for task, figures in model_alone(trained, frames, bought, tests[week]).items():
                     cells[task].append(figures)
-        # the kept default models may predate today's default number of epochs
-        print_row(f"{name} ({'/'.join(map(str, sorted(epochs)))} epochs)", cells)
+        # the kept models may predate today's defaults
+        print_row(
+            f"{name} (as trained: {', '.join(sorted(differences))})" if differences else name, cells
+        )
 
 
 if __name__ == "__main__":

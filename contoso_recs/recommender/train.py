@@ -112,8 +112,10 @@ class TrainedModel:
         vocab = Vocabulary.from_json(json.loads((bundle / "vocabulary.json").read_text()))
         payload = json.loads((bundle / "config.json").read_text())
         # bundles saved before `logq_weight` existed were trained with the plain correction,
-        # before the history settings existed with order counts and no product views
+        # before the history settings existed with order counts and no product views, before
+        # `final_lr_share` existed with constant learning rates
         payload.setdefault("logq_weight", 1.0)
+        payload.setdefault("final_lr_share", 1.0)
         payload.setdefault("history_purchase_weight", "orders")
         payload.setdefault("history_view_seconds", 0.0)
         config = TwoTowerConfig(**payload)
