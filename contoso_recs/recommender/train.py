@@ -292,6 +292,13 @@ def fit(
     log_q = sampling_log_frequency(examples.product, len(model.department), device)
     sparse_opt = torch.optim.SparseAdam(model.sparse_parameters(), lr=config.sparse_lr)
     dense_opt = torch.optim.Adam(model.dense_parameters(), lr=config.dense_lr)
+    schedules = [
+        torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda done: learning_rate_share(done + 1, config.epochs, config.final_lr_share),
+        )
+        for optimizer in (sparse_opt, dense_opt)
+    ]
     rng = np.random.default_rng(config.seed)
     draws = torch.Generator().manual_seed(config.seed)
     n_products = len(model.department) - 1  # positions 1..n; 0 is the unknown product
@@ -300,10 +307,6 @@ def fit(
     losses, speeds = [], []
     model.train()
     for epoch in range(1, config.epochs + 1):
-        share = learning_rate_share(epoch, config.epochs, config.final_lr_share)
-        for optimizer, lr in ((sparse_opt, config.sparse_lr), (dense_opt, config.dense_lr)):
-            for group in optimizer.param_groups:
-                group["lr"] = lr * share
         started = time.perf_counter()
         total, batches = 0.0, 0
         for chosen, rows, owner in snapshot_batches(examples.snapshot, config.batch_size, rng):
@@ -340,6 +343,8 @@ def fit(
             total += loss.item()
             batches += 1
         elapsed = time.perf_counter() - started
+        for schedule in schedules:
+            schedule.step()  # the next epoch's share of the learning rates
         losses.append(total / max(batches, 1))
         speeds.append(len(product) / elapsed)
         log.info("epoch %d: loss %.4f, %.0f examples/s", epoch, losses[-1], speeds[-1])
