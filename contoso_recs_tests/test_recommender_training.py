@@ -11,18 +11,19 @@ import pytest
 import torch
 
 from contoso_recs.recommender.data import LakeFrames, as_cutoff, catalogue, purchases
-from contoso_recs.recommender.encoding import build_vocabulary
+from contoso_recs.recommender.encoding import build_vocabulary, product_positions
 from contoso_recs.recommender.train import (
     TrainedModel,
     candidate_log_q,
     learning_rate_share,
     parse_args,
+    recent_buyer_buckets,
     snapshot_batches,
     train,
     training_examples,
     uniform_negatives,
 )
-from contoso_recs.recommender.two_tower import TwoTowerConfig, in_batch_loss
+from contoso_recs.recommender.two_tower import TwoTowerConfig, in_batch_loss, popularity_buckets
 
 CUTOFF = datetime(2017, 3, 6, tzinfo=UTC)
 UTC_US = pl.Datetime("us", "UTC")
@@ -210,6 +211,12 @@ def test_model_bundle_round_trips(tmp_path):
     assert loaded.vocab == trained.vocab
     # trained on the GPU where there is one, loaded on the CPU: the same up to float rounding
     np.testing.assert_allclose(loaded.product_vectors(), trained.product_vectors(), atol=1e-5)
+    assert trained.config.recent_popularity_days > 0
+    np.testing.assert_allclose(
+        loaded.popularity_scores(purchases(lake), CUTOFF),
+        trained.popularity_scores(purchases(lake), CUTOFF),
+        atol=1e-6,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "config.json",
         "metrics.json",
@@ -260,6 +267,17 @@ def test_a_bundle_saved_before_final_lr_share_existed_loads_as_trained_at_consta
     del config["final_lr_share"]
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert TrainedModel.load(tmp_path, device="cpu").config.final_lr_share == 1.0
+
+
+def test_a_bundle_saved_before_the_recent_popularity_term_existed_loads_without_it(tmp_path):
+    trained = train(synthetic_lake(), CUTOFF, replace(TINY, epochs=1, recent_popularity_days=0))
+    trained.save(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["recent_popularity_days"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    loaded = TrainedModel.load(tmp_path, device="cpu")
+    assert loaded.config.recent_popularity_days == 0 != TwoTowerConfig().recent_popularity_days
+    assert (loaded.popularity_scores(purchases(synthetic_lake()), CUTOFF) == 0).all()
 
 
 def test_the_online_evaluation_reuses_its_cached_model_only_with_the_same_settings(
@@ -359,9 +377,11 @@ def test_training_with_uniform_negatives_gives_every_batch_drawn_products(monkey
     drawn = []
     real_loss = train_module.in_batch_loss
 
-    def recording_loss(*args, negatives=None, negatives_log_q=None):
+    def recording_loss(*args, negatives=None, negatives_log_q=None, bias=None):
         drawn.append((len(negatives), negatives_log_q.clone()))
-        return real_loss(*args, negatives=negatives, negatives_log_q=negatives_log_q)
+        # the recent-popularity term: one row per example, one column per candidate
+        assert bias.shape == (len(args[0]), len(args[1]) + len(negatives))
+        return real_loss(*args, negatives=negatives, negatives_log_q=negatives_log_q, bias=bias)
 
     monkeypatch.setattr(train_module, "in_batch_loss", recording_loss)
     # batches of 2 customer snapshots (4 products of the 10): the rest can be drawn
@@ -402,3 +422,88 @@ def test_training_before_any_product_is_on_sale_is_a_clear_error():
     lake = replace(lake, products=lake.products.with_columns(introduced_at=pl.lit(later)))
     with pytest.raises(ValueError, match="no product in the catalogue before 2017-02-27"):
         train(lake, as_cutoff("2017-02-27"), TINY)
+
+
+def test_recent_buyers_fall_in_buckets_of_doubling_size():
+    buyers = [0, 1, 2, 3, 4, 7, 8, 16383, 16384, 10**6]
+    assert popularity_buckets(buyers).tolist() == [0, 1, 2, 2, 3, 3, 4, 14, 15, 15]
+
+
+def test_recent_buyer_buckets_count_distinct_customers_in_the_days_before_only():
+    lake = synthetic_lake()
+    vocab = build_vocabulary(catalogue(lake, CUTOFF), lake.customers, TINY.customer_buckets)
+    at = CUTOFF
+    bought = pl.DataFrame(
+        {
+            "customer_id": [1, 2, 2, 3, 4, 5, 6],
+            "product_id": [1, 1, 1, 2, 2, 3, 99],
+            "at": [
+                at - timedelta(days=1),  # product 1: customers 1 and 2 (twice): 2 buyers
+                at - timedelta(days=2),
+                at - timedelta(days=3),
+                at - timedelta(days=28),  # product 2: the first day of the window counts
+                at,  # ... a purchase at `at` does not
+                at - timedelta(days=28, seconds=1),  # product 3: before the window
+                at - timedelta(days=1),  # a product the model does not know
+            ],
+        },
+        schema_overrides={"at": UTC_US},
+    )
+
+    buckets = recent_buyer_buckets(vocab, bought, at, 28)
+
+    positions = product_positions(vocab, np.array([1, 2, 3, 4]))
+    assert buckets[positions].tolist() == [2, 1, 0, 0]
+    assert buckets[0] == 0 and len(buckets) == len(vocab.product_ids) + 1
+
+
+def test_in_batch_loss_adds_each_example_its_candidates_bias():
+    customers = torch.eye(3)[:2]
+    products = torch.eye(3)[:2]
+    drawn = torch.eye(3)[2:]
+    positions, snapshots = torch.tensor([1, 2]), torch.tensor([0, 1])
+    # columns: the two batch products, then the drawn one; rows: the two examples
+    bias = torch.tensor([[0.0, 1.0, 2.0], [0.5, 0.0, 0.0]])
+
+    loss = in_batch_loss(
+        customers, products, positions, snapshots, None, 1.0, negatives=drawn, bias=bias
+    )
+
+    row0 = -math.log(math.e / (math.e + math.e + math.e**2))  # logits 1, 0 + 1, 0 + 2
+    row1 = -math.log(math.e / (math.e**0.5 + math.e + 1))  # logits 0 + .5, 1, 0
+    assert loss.item() == pytest.approx((row0 + row1) / 2)
+
+
+def test_the_recent_popularity_term_learns_that_products_bought_lately_sell():
+    """The tiny world's ten products sell every week; ten more in the catalogue never do."""
+    lake = synthetic_lake()
+    unsold = lake.products.with_columns(
+        pl.col("product_id") + 10, pl.col("name").str.replace("item", "special")
+    )
+    lake = replace(lake, products=pl.concat([lake.products, unsold]))
+    config = replace(TINY, recent_popularity_days=28, epochs=8)
+    vocab = build_vocabulary(catalogue(lake, CUTOFF), lake.customers, config.customer_buckets)
+    examples = training_examples(vocab, purchases(lake), lake.customers, CUTOFF, config)
+    # one table of buckets per week of snapshots, and each snapshot's week
+    assert examples.popularity.shape == (config.weeks, 21)
+    assert examples.week.tolist() == np.repeat(np.arange(config.weeks), 40).tolist()
+    sold = product_positions(vocab, np.arange(1, 11))
+    assert (examples.popularity[-1][sold] > 0).all()
+    assert (examples.popularity[-1][product_positions(vocab, np.arange(11, 21))] == 0).all()
+
+    trained = train(lake, CUTOFF, config)
+
+    bias = trained.model.popularity_bias.detach().numpy()
+    assert (bias[np.unique(examples.popularity[:, sold])] > bias[0]).all()
+    scores = trained.popularity_scores(purchases(lake), CUTOFF)
+    assert scores.shape == (21,)
+    assert (scores[sold] > scores[product_positions(vocab, np.arange(11, 21))].max()).all()
+    # as of a date before any purchase, every product scores alike (as unsold)
+    early = trained.popularity_scores(purchases(lake), CUTOFF - timedelta(days=400))
+    assert np.allclose(early, early[0])
+
+
+def test_a_model_without_the_recent_popularity_term_adds_nothing():
+    trained = train(synthetic_lake(), CUTOFF, replace(TINY, epochs=1, recent_popularity_days=0))
+    assert not hasattr(trained.model, "popularity_bias")
+    assert (trained.popularity_scores(purchases(synthetic_lake()), CUTOFF) == 0).all()

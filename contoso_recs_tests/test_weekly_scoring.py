@@ -1,17 +1,20 @@
 """The weekly top-5 rules, on a hand-built lake and a really trained tiny model."""
 
+import copy
 from dataclasses import replace
 from datetime import timedelta
 
 import numpy as np
 import polars as pl
 import pytest
+import torch
 from polars.testing import assert_frame_equal
 
 from contoso_recs.recommender import evaluate
 from contoso_recs.recommender.blend import SHIPPED_BLENDS, BlendConfig
-from contoso_recs.recommender.data import LakeFrames, purchases
-from contoso_recs.recommender.train import train
+from contoso_recs.recommender.data import LakeFrames, before, purchases
+from contoso_recs.recommender.encoding import product_positions
+from contoso_recs.recommender.train import recent_buyer_buckets, train
 from contoso_recs.recommender.weekly import (
     BOUGHT_BEFORE,
     IN_THE_MAILER,
@@ -388,3 +391,32 @@ def test_task_b_lists_show_as_many_categories_as_the_customer_may_be_shown(lake,
     unlimited = categories_shown(replace(SHIPPED_BLENDS["B"], max_per_category=0))
     if k < 5:  # with room for fewer than every category, the best products repeat one
         assert (unlimited["shown"] < unlimited["most"]).any()
+
+
+def test_the_weekly_table_ranks_by_the_models_recent_popularity_term_too(lake, trained):
+    """A model whose term lifts one bucket of recent buyers far above the rest shows that
+    bucket's products to every customer."""
+    model_only = BlendConfig(allow_repeats=True, repeat_weight=0.0)
+    buckets = recent_buyer_buckets(
+        trained.vocab,
+        before(purchases(lake), WEEK),
+        WEEK,
+        trained.config.recent_popularity_days,
+    )
+    lifted_bucket = int(buckets[product_positions(trained.vocab, np.array([4]))][0])
+    lifted = {
+        int(product)
+        for product, bucket in zip(trained.vocab.product_ids, buckets[1:], strict=True)
+        if bucket == lifted_bucket and product != DISCONTINUED
+    }
+    assert 4 in lifted and len(lifted) < 5
+    boosted = copy.deepcopy(trained)
+    with torch.no_grad():
+        boosted.model.popularity_bias[lifted_bucket] = 1000.0
+
+    def showing_all_lifted(model) -> int:
+        lists = table(lake, model, model_only).group_by("customer_id").agg("product_id")
+        return sum(lifted <= set(products) for products in lists["product_id"].to_list())
+
+    customers = table(lake, trained, model_only)["customer_id"].n_unique()
+    assert showing_all_lifted(trained) < customers == showing_all_lifted(boosted)

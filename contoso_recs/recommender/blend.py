@@ -252,9 +252,10 @@ def two_tower_scores(
     index: ProductIndex,
     views: pl.DataFrame | None = None,
 ) -> np.ndarray:
-    """Cosine of every customer (sorted ids) with every catalogue product; -inf if unknown."""
-    customers = trained.customer_vectors(bought, profiles, customer_ids, cutoff, views)
-    products = trained.product_vectors()
+    """Cosine of every customer (sorted ids) with every catalogue product, plus what its recent
+    buyers add where the model learnt that; -inf if unknown."""
+    customers = trained.scoring_customer_vectors(bought, profiles, customer_ids, cutoff, views)
+    products = trained.scoring_product_vectors(bought, cutoff)
     positions = product_positions(trained.vocab, index.product_ids)
     scores = customers @ products[positions].T
     scores[:, positions == 0] = -np.inf

@@ -38,7 +38,12 @@ from contoso_recs.recommender.encoding import (
     encode_products,
     product_positions,
 )
-from contoso_recs.recommender.two_tower import TwoTower, TwoTowerConfig, in_batch_loss
+from contoso_recs.recommender.two_tower import (
+    TwoTower,
+    TwoTowerConfig,
+    in_batch_loss,
+    popularity_buckets,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +53,15 @@ SCORING_BATCH = 8192
 
 @dataclass(frozen=True)
 class Examples:
-    """Customer snapshots and, per example, its snapshot row and bought product position."""
+    """Customer snapshots and, per example, its snapshot row and bought product position;
+    with the recent-popularity term, each snapshot's week (`week`) and each week's bucket of
+    recent buyers of every product position (`popularity`, weeks x positions)."""
 
     customers: CustomerInputs
     snapshot: np.ndarray
     product: np.ndarray
+    week: np.ndarray | None = None
+    popularity: np.ndarray | None = None
 
 
 @dataclass
@@ -72,6 +81,37 @@ class TrainedModel:
         with torch.no_grad():
             parts = [self.model.product_vectors(p) for p in positions.split(SCORING_BATCH)]
         return torch.cat(parts).cpu().numpy()
+
+    def popularity_scores(self, bought: pl.DataFrame, at: datetime) -> np.ndarray:
+        """What each vocabulary product's recent buyers before `at` add to its score, in the
+        units of the cosine (row i for position i; zeros for a model without the term)."""
+        n_positions = len(self.vocab.product_ids) + 1
+        if self.config.recent_popularity_days <= 0:
+            return np.zeros(n_positions, dtype=np.float32)
+        buckets = recent_buyer_buckets(self.vocab, bought, at, self.config.recent_popularity_days)
+        device = next(self.model.parameters()).device
+        with torch.no_grad():
+            logit = self.model.popularity_logit(torch.as_tensor(buckets, device=device))
+        return (logit.cpu().numpy() * self.config.temperature).astype(np.float32)
+
+    def scoring_product_vectors(self, bought: pl.DataFrame, at: datetime) -> np.ndarray:
+        """`product_vectors` with one more column, what each product's recent buyers before
+        `at` add: a row of `scoring_customer_vectors` times a row of these is the model's
+        score as of `at`."""
+        return np.hstack([self.product_vectors(), self.popularity_scores(bought, at)[:, None]])
+
+    def scoring_customer_vectors(
+        self,
+        bought: pl.DataFrame,
+        profiles: pl.DataFrame,
+        customer_ids: np.ndarray,
+        at: datetime,
+        views: pl.DataFrame | None = None,
+    ) -> np.ndarray:
+        """`customer_vectors` with a column of ones, the match of the last column of
+        `scoring_product_vectors`."""
+        vectors = self.customer_vectors(bought, profiles, customer_ids, at, views)
+        return np.hstack([vectors, np.ones((len(vectors), 1), dtype=vectors.dtype)])
 
     def customer_vectors(
         self,
@@ -113,11 +153,13 @@ class TrainedModel:
         payload = json.loads((bundle / "config.json").read_text())
         # bundles saved before `logq_weight` existed were trained with the plain correction,
         # before the history settings existed with order counts and no product views, before
-        # `final_lr_share` existed with constant learning rates
+        # `final_lr_share` existed with constant learning rates, before `recent_popularity_days`
+        # existed without the recent-popularity term
         payload.setdefault("logq_weight", 1.0)
         payload.setdefault("final_lr_share", 1.0)
         payload.setdefault("history_purchase_weight", "orders")
         payload.setdefault("history_view_seconds", 0.0)
+        payload.setdefault("recent_popularity_days", 0)
         config = TwoTowerConfig(**payload)
         state = torch.load(bundle / "model.pt", map_location="cpu", weights_only=True)
         model = TwoTower.from_state(config, vocab_sizes(vocab), state)
@@ -181,7 +223,7 @@ def training_examples(
     `config.repeat_target_share`, so the model can be steered towards products new to them.
     """
     rng = np.random.default_rng(config.seed)
-    snapshots, snapshot_rows, products = [], [], []
+    snapshots, snapshot_rows, products, weeks, popularity = [], [], [], [], []
     offset = 0
     for week in range(config.weeks, 0, -1):
         start = cutoff - timedelta(days=7 * week)
@@ -222,12 +264,37 @@ def training_examples(
         snapshot_rows.append(offset + np.searchsorted(customer_ids, pairs["customer_id"]))
         products.append(product_positions(vocab, pairs["product_id"].to_numpy()))
         offset += len(customer_ids)
+        if config.recent_popularity_days > 0:
+            weeks.append(np.full(len(customer_ids), len(popularity)))
+            popularity.append(
+                recent_buyer_buckets(vocab, bought, start, config.recent_popularity_days)
+            )
     if not snapshots:
         raise ValueError(f"no purchases in the {config.weeks} weeks before {cutoff:%Y-%m-%d}")
     customers = CustomerInputs(
         *[np.concatenate([getattr(s, f.name) for s in snapshots]) for f in fields(CustomerInputs)]
     )
-    return Examples(customers, np.concatenate(snapshot_rows), np.concatenate(products))
+    return Examples(
+        customers,
+        np.concatenate(snapshot_rows),
+        np.concatenate(products),
+        np.concatenate(weeks) if weeks else None,
+        np.stack(popularity) if popularity else None,
+    )
+
+
+def recent_buyer_buckets(
+    vocab: Vocabulary, bought: pl.DataFrame, at: datetime, days: int
+) -> np.ndarray:
+    """Bucket of the distinct customers who bought each vocabulary product in the `days`
+    before `at` (position 0, the unknown product: none)."""
+    recent = bought.filter((pl.col("at") >= at - timedelta(days=days)) & (pl.col("at") < at))
+    counts = recent.group_by("product_id").agg(pl.col("customer_id").n_unique().alias("buyers"))
+    buyers = np.zeros(len(vocab.product_ids) + 1)
+    positions = product_positions(vocab, counts["product_id"].to_numpy())
+    known = positions > 0
+    buyers[positions[known]] = counts["buyers"].to_numpy()[known]
+    return popularity_buckets(buyers)
 
 
 def train(
@@ -299,6 +366,10 @@ def fit(
         )
         for optimizer in (sparse_opt, dense_opt)
     ]
+    popularity = week_of = None
+    if examples.popularity is not None:
+        popularity = torch.as_tensor(examples.popularity.astype(np.uint8), device=device)
+        week_of = torch.as_tensor(examples.week, device=device)
     rng = np.random.default_rng(config.seed)
     draws = torch.Generator().manual_seed(config.seed)
     n_products = len(model.department) - 1  # positions 1..n; 0 is the unknown product
@@ -325,6 +396,14 @@ def fit(
                 correction = config.logq_weight * candidate_log_q(
                     log_q, candidates, len(positions), n_drawn, n_products
                 )
+            bias = None
+            if popularity is not None:
+                # each product's recent buyers as of the week of each example's snapshot,
+                # looked up once per week of the batch
+                weeks, week_row = torch.unique(week_of[chosen], return_inverse=True)
+                buckets = popularity[weeks[:, None], candidates[None, :]].long()
+                by_week = model.popularity_logit(buckets)
+                bias = torch.index_select(by_week, 0, week_row[owner])  # cheaper backward
             loss = in_batch_loss(
                 customers[owner],
                 vectors[: len(positions)],
@@ -334,6 +413,7 @@ def fit(
                 config.temperature,
                 negatives=vectors[len(positions) :],
                 negatives_log_q=None if correction is None else correction[len(positions) :],
+                bias=bias,
             )
             sparse_opt.zero_grad()
             dense_opt.zero_grad()

@@ -170,7 +170,7 @@ class WeeklyScorer:
         else:
             positions = product_positions(trained.vocab, index.product_ids)
             known = positions > 0
-            vectors = trained.product_vectors()[positions]
+            vectors = trained.scoring_product_vectors(bought, as_of)[positions]
             vectors[~known] = 0.0
         half_lives = (config.repeat_half_life_days,)
         if isinstance(config, LearnedRule):
@@ -235,7 +235,9 @@ class WeeklyScorer:
             vectors = np.zeros((len(ids), 1), dtype=np.float32)
             model_top = np.full((len(ids), 0), -1, dtype=np.int64)
         else:
-            vectors = self.trained.customer_vectors(history, self.profiles, ids, self.as_of, viewed)
+            vectors = self.trained.scoring_customer_vectors(
+                history, self.profiles, ids, self.as_of, viewed
+            )
             model_top, _ = batch_scoring.top_k(
                 vectors,
                 self.prepared,
