@@ -105,8 +105,9 @@ class TwoTowerConfig:
     #   seed 7: task A .2267 / .5738 -> .2222 / .5695, task B .0180 / .0742 -> .0198 / .0794;
     #   seed 8: task A .2295 / .5748 -> .2310 / .5825, task B .0169 / .0695 -> .0194 / .0798;
     # task B up under both seeds (HR@5 +.005 and +.010, where the seed alone moves it .005),
-    # NDCG@5 up in 7 of the 8 week-seeds, to ALS's level (.0193 / .0801); task A level. 28 days (seed 7): .2247 / .5723 and
-    # .0194 / .0772. It costs about 12% of the training examples per second.
+    # NDCG@5 up in 7 of the 8 week-seeds, to ALS's level (.0193 / .0801); task A level.
+    # 28 days (seed 7): .2247 / .5723 and .0194 / .0772. It costs about 12% of the training
+    # examples per second.
     recent_popularity_days: int = 7
     seed: int = 7
 
