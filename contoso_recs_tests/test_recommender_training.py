@@ -10,8 +10,10 @@ import polars as pl
 import pytest
 import torch
 
+from contoso_recs.recommender import blend
 from contoso_recs.recommender.data import LakeFrames, as_cutoff, catalogue, purchases
 from contoso_recs.recommender.encoding import build_vocabulary, product_positions
+from contoso_recs.recommender.ranking import ProductIndex
 from contoso_recs.recommender.train import (
     TrainedModel,
     candidate_log_q,
@@ -455,6 +457,46 @@ def test_recent_buyer_buckets_count_distinct_customers_in_the_days_before_only()
     positions = product_positions(vocab, np.array([1, 2, 3, 4]))
     assert buckets[positions].tolist() == [2, 1, 0, 0]
     assert buckets[0] == 0 and len(buckets) == len(vocab.product_ids) + 1
+
+
+def test_each_snapshot_reads_the_recent_buyers_of_the_days_before_its_own_week():
+    lake = synthetic_lake()
+    config = replace(TINY, recent_popularity_days=7)
+    bought = purchases(lake)
+    # nobody buys in the third week of the six: its snapshots are left out
+    empty_start = CUTOFF - timedelta(days=7 * (config.weeks - 2))
+    in_empty_week = (bought["at"] >= empty_start) & (bought["at"] < empty_start + timedelta(7))
+    bought = bought.filter(~in_empty_week)
+    vocab = build_vocabulary(catalogue(lake, CUTOFF), lake.customers, config.customer_buckets)
+
+    examples = training_examples(vocab, bought, lake.customers, CUTOFF, config)
+
+    starts = [CUTOFF - timedelta(days=7 * week) for week in range(config.weeks, 0, -1)]
+    starts = [start for start in starts if start != empty_start]
+    assert len(examples.popularity) == len(starts) == config.weeks - 1
+    for table, start in zip(examples.popularity, starts, strict=True):
+        np.testing.assert_array_equal(table, recent_buyer_buckets(vocab, bought, start, 7))
+    # the week after the empty one has no recent buyers at all
+    assert (examples.popularity[starts.index(empty_start + timedelta(7))] == 0).all()
+    assert examples.week.tolist() == np.repeat(np.arange(len(starts)), 40).tolist()
+
+
+def test_the_evaluation_ranks_by_the_models_recent_popularity_term_too():
+    lake = synthetic_lake()
+    trained = train(lake, CUTOFF, replace(TINY, epochs=1))
+    bought = purchases(lake)
+    index = ProductIndex.of(np.arange(1, 11))
+    customers = np.arange(40)
+    plain = blend.two_tower_scores(trained, bought, lake.customers, customers, CUTOFF, index)
+    with torch.no_grad():
+        trained.model.popularity_bias += torch.arange(16, dtype=torch.float32)
+
+    lifted = blend.two_tower_scores(trained, bought, lake.customers, customers, CUTOFF, index)
+
+    buckets = recent_buyer_buckets(trained.vocab, bought, CUTOFF, 7)
+    step = TINY.temperature * buckets[product_positions(trained.vocab, index.product_ids)]
+    np.testing.assert_allclose(lifted - plain, np.broadcast_to(step, plain.shape), atol=1e-5)
+    assert np.ptp(step) > 0
 
 
 def test_in_batch_loss_adds_each_example_its_candidates_bias():

@@ -420,3 +420,10 @@ def test_the_weekly_table_ranks_by_the_models_recent_popularity_term_too(lake, t
 
     customers = table(lake, trained, model_only)["customer_id"].n_unique()
     assert showing_all_lifted(trained) < customers == showing_all_lifted(boosted)
+    # what lifted them is what sells now, not the customer's taste
+    reasons = (
+        table(lake, boosted, model_only)
+        .filter(pl.col("product_id").is_in(list(lifted)) & (pl.col("reason") != BOUGHT_BEFORE))
+        .get_column("reason")
+    )
+    assert len(reasons) > 0 and set(reasons) == {POPULAR_NOW}

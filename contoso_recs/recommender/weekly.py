@@ -284,20 +284,30 @@ class WeeklyScorer:
         not claim every product. Co-purchase counts as "similar to your purchases", the trend
         as "popular now", ALS preference as "popular with customers like you", the mailer share
         as "in this week's mailer" (only for a product at least MAILER_REASON_MIN_SHARE of the
-        stores' mailers feature).
+        stores' mailers feature); the part of the model's score its recent-popularity term gave
+        as "popular now".
         """
         terms = {
             name: term
             for name, term in contributions(pool, self.weights).items()
             if term_weight(self.weights, name)
         }
+        if self.trained is not None and "model" in terms:
+            # what the model's recent-popularity term gave a product (the last column of its
+            # scoring vector) reads as popular now, not as the customer's taste
+            recent = (
+                term_weight(self.weights, "model")
+                * self.product_vectors[np.maximum(pool.positions, 0), -1]
+            )
+            terms["recent_buyers"] = np.where(np.isfinite(terms["model"]), recent, 0.0)
+            terms["model"] = terms["model"] - terms["recent_buyers"]
         shown = pool.positions >= 0  # the candidates the customer may be shown
         if not self.config.allow_repeats:
             shown &= ~pool.owned
         groups = {
             "model": ("model", "co_purchase") if self.trained else ("co_purchase",),
             "category": ("category",),
-            "popularity": ("popularity", "trend"),
+            "popularity": ("popularity", "trend", "recent_buyers"),
             "like_you": ("als",),
             "mailer": ("mailer",),
         }
