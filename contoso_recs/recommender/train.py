@@ -26,6 +26,7 @@ from contoso_recs.recommender.data import (
     as_cutoff,
     before,
     catalogue,
+    product_popularity,
     purchases,
     read_lake,
 )
@@ -288,12 +289,11 @@ def recent_buyer_buckets(
 ) -> np.ndarray:
     """Bucket of the distinct customers who bought each vocabulary product in the `days`
     before `at` (position 0, the unknown product: none)."""
-    recent = bought.filter((pl.col("at") >= at - timedelta(days=days)) & (pl.col("at") < at))
-    counts = recent.group_by("product_id").agg(pl.col("customer_id").n_unique().alias("buyers"))
+    counts = product_popularity(bought, at, days)
     buyers = np.zeros(len(vocab.product_ids) + 1)
     positions = product_positions(vocab, counts["product_id"].to_numpy())
     known = positions > 0
-    buyers[positions[known]] = counts["buyers"].to_numpy()[known]
+    buyers[positions[known]] = counts["customers"].to_numpy()[known]
     return popularity_buckets(buyers)
 
 
